@@ -1,0 +1,64 @@
+"""Versioned JSON checkpoint, replaced atomically (temp file, fsync, rename, fsync folder)."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    writer_id: str
+    committed_seq: int = 0
+    # Per subscription: ledger state (last data, open gaps, ...). Owned by the runner.
+    subscriptions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    totals: dict[str, int] = field(default_factory=dict)
+    version: int = VERSION
+
+
+class CheckpointStore:
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.path = directory / "checkpoint.json"
+
+    def load(self, writer_id: str | None) -> Checkpoint:
+        """Read the checkpoint or start one; a writer id, once chosen, sticks to the state dir."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            data = _migrate(data)
+            cp = Checkpoint(**data)
+            if writer_id is not None and not cp.writer_id.startswith(writer_id + "-"):
+                # A renamed writer keeps its random suffix: names stay unique.
+                cp.writer_id = f"{writer_id}-{cp.writer_id.rsplit('-', 1)[-1]}"
+            return cp
+        # The random suffix makes names unique even if a wiped state dir restarts at seq 1.
+        cp = Checkpoint(writer_id=f"{writer_id or 'w'}-{uuid.uuid4().hex[:8]}")
+        self.save(cp)
+        return cp
+
+    def save(self, cp: Checkpoint) -> None:
+        tmp = self.dir / f".checkpoint.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(asdict(cp), fh, indent=1, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _migrate(data: dict[str, Any]) -> dict[str, Any]:
+    version = data.get("version", 1)
+    if version > VERSION:
+        raise ValueError(f"checkpoint version {version} is newer than this connector ({VERSION})")
+    return data

@@ -1,0 +1,100 @@
+"""The only module that reads argv, sets up logging and maps errors to exit codes.
+
+Exit codes: 0 clean stop, 1 unexpected failure, 2 config or query error, 3 token refused,
+4 sink refused writes for good (data kept in the spool), 130 second stop signal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from connector import __version__, logs
+from connector.config import Config, load_config
+from connector.errors import ConfigError, ConnectorError, QueryError
+
+log = logging.getLogger("connector")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="gotham-connector",
+        description="Land Palantir Gotham's observation stream as Parquet, exactly once.",
+    )
+    parser.add_argument("--version", action="version", version=f"gotham-connector {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="stream observations into the sink until stopped")
+    run.add_argument("--config", type=Path, required=True)
+    check = commands.add_parser("validate", help="check a config file offline")
+    check.add_argument("--config", type=Path, required=True)
+    commands.add_parser("schema", help="print the observation schema as JSON")
+
+    from connector.simulator import cli as simulator_cli
+
+    simulate = commands.add_parser("simulate", help="serve the embedded Gotham simulator")
+    simulator_cli.add_arguments(simulate)
+
+    from connector import demo as demo_cmd
+
+    demo_parser = commands.add_parser("demo", help="simulator + connector + DuckDB summary")
+    demo_cmd.add_arguments(demo_parser)
+
+    args = parser.parse_args(argv)
+    if args.command == "schema":
+        from connector.schema import schema_json
+
+        sys.stdout.write(schema_json())
+        return 0
+    if args.command == "simulate":
+        logs.setup()
+        return simulator_cli.run(args)
+    if args.command == "demo":
+        return demo_cmd.run(args)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return exc.exit_code
+    if args.command == "validate":
+        print(f"{args.config}: OK ({len(cfg.subscriptions)} subscription(s))")
+        return 0
+    logs.setup(cfg.log.level, cfg.log.format)
+    return run_connector(cfg, args.config)
+
+
+def _print_config_error(exc: ConfigError) -> None:
+    print(f"configuration error ({len(exc.problems)} problem(s)):", file=sys.stderr)
+    for key, message in exc.problems:
+        print(f"  {key}: {message}", file=sys.stderr)
+
+
+def run_connector(cfg: Config, config_path: Path | None = None) -> int:
+    try:
+        asyncio.run(_run(cfg, config_path))
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return exc.exit_code
+    except QueryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except ConnectorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+async def _run(cfg: Config, config_path: Path | None) -> None:
+    from connector.runner import Runner
+    from connector.service import attach
+
+    runner = Runner(cfg)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, runner.request_stop)
+    attach(runner, config_path)
+    await runner.run()

@@ -1,0 +1,417 @@
+"""Typed, frozen configuration loaded from TOML by one function that reports every problem at once.
+
+Relative paths are relative to the working directory, like `sink.url` is for fsspec.
+
+Every key is a public contract. Each problem names its key (`sink.compression: expected one of
+...`). Values may also come from the environment: `GOTHAM_CONNECTOR__SECTION__KEY=value`
+overrides `[section] key` (values parsed as TOML when they parse, else taken as strings).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from connector.errors import ConfigError
+from connector.query import validate_query
+from connector.secret import TokenSource
+
+DEFAULT_PATH = "/api/ws/gotham/v1/observations/{observation_spec_id}"
+COMPRESSIONS = ("zstd", "snappy", "gzip", "none")
+ENV_PREFIX = "GOTHAM_CONNECTOR__"
+_NAME = re.compile(r"[A-Za-z0-9_-]+\Z")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\Z")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    url: str
+    observation_spec_id: str
+    path: str = DEFAULT_PATH
+    token: TokenSource = field(default_factory=TokenSource)
+    ca_file: Path | None = None
+    rest_url: str | None = None
+    permessage_deflate: bool = False
+    max_message_bytes: int = 256 * 1024 * 1024
+    open_timeout: float = 10.0
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    reconnect_min_seconds: float = 0.5
+    reconnect_max_seconds: float = 30.0
+    auth_retry_seconds: float = 300.0
+
+    @property
+    def ws_url(self) -> str:
+        return (
+            self.url.rstrip("/")
+            + self.path.format(observation_spec_id=self.observation_spec_id)
+            + "?preview=true"
+        )
+
+    @property
+    def rest_base(self) -> str:
+        if self.rest_url:
+            return self.rest_url.rstrip("/")
+        parts = urlsplit(self.url)
+        scheme = {"ws": "http", "wss": "https"}[parts.scheme]
+        return f"{scheme}://{parts.netloc}"
+
+
+@dataclass(frozen=True)
+class Subscription:
+    name: str
+    query: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    max_rows: int = 50_000
+    max_bytes: int = 64 * 1024 * 1024
+    max_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    url: str = "./landing"
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    compression: str = "zstd"
+    compression_level: int | None = None
+    row_group_rows: int = 100_000
+    max_attempts: int = 6
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    dir: Path = Path("./state")
+    writer_id: str | None = None
+    fsync_seconds: float = 1.0
+    max_spool_bytes: int = 8 * 1024**3
+    segment_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BackfillConfig:
+    enabled: bool = True
+    max_window: float = 24 * 3600.0
+    page_size: int = 100
+    overlap_seconds: float = 5.0
+    identity_index_size: int = 2_000_000
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "INFO"
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class Config:
+    source: SourceConfig
+    subscriptions: tuple[Subscription, ...]
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    sink: SinkConfig = field(default_factory=SinkConfig)
+    state: StateConfig = field(default_factory=StateConfig)
+    backfill: BackfillConfig = field(default_factory=BackfillConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+class _Reader:
+    """Pulls typed values out of one TOML table, recording problems instead of raising."""
+
+    def __init__(self, table: Mapping[str, Any], prefix: str, problems: list[tuple[str, str]]):
+        self.table, self.prefix, self.problems = table, prefix, problems
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def fail(self, name: str, message: str) -> None:
+        self.problems.append((self.key(name), message))
+
+    def get(self, name: str, kind: str, default: Any, *, required: bool = False) -> Any:
+        self.seen.add(name)
+        if name not in self.table:
+            if required:
+                self.fail(name, "is required")
+            return default
+        value = self.table[name]
+        ok, converted = _convert(kind, value)
+        if not ok:
+            self.fail(name, f"expected {kind}, got {_describe(value)}")
+            return default
+        return converted
+
+    def unknown(self, allowed: set[str] | None = None) -> None:
+        for name in self.table:
+            if name not in (allowed if allowed is not None else self.seen):
+                self.fail(name, "unknown key")
+
+
+def _describe(value: object) -> str:
+    return f"{type(value).__name__} {value!r}"[:80]
+
+
+def _convert(kind: str, value: Any) -> tuple[bool, Any]:
+    if kind == "string":
+        return isinstance(value, str) and value != "", value
+    if kind == "bool":
+        return isinstance(value, bool), value
+    if kind == "positive integer":
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0, value
+    if kind == "positive number":
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+        return ok, float(value) if ok else value
+    if kind == "non-negative number":
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+        return ok, float(value) if ok else value
+    if kind == "duration (seconds or '90s', '15m', '6h', '1d')":
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return True, float(value)
+        m = _DURATION.match(value.strip()) if isinstance(value, str) else None
+        if m and float(m.group(1)) > 0:
+            return True, float(m.group(1)) * _UNITS[m.group(2)]
+        return False, value
+    if kind == "table":
+        return isinstance(value, dict), value
+    raise AssertionError(kind)
+
+
+def _env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
+        if len(path) < 2:
+            continue
+        try:
+            value: Any = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                break
+        else:
+            node[path[-1]] = value
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, check and type a config file. Raises ConfigError listing every problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError.single("config", f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError.single("config", f"{path} is not valid TOML: {exc}") from None
+    _env_overrides(data, os.environ if environ is None else environ)
+    return parse_config(data)
+
+
+def parse_config(data: Mapping[str, Any], base: Path = Path()) -> Config:
+    problems: list[tuple[str, str]] = []
+    sections = ("source", "subscriptions", "batch", "sink", "state", "backfill", "log")
+    for name in data:
+        if name not in sections:
+            problems.append((name, f"unknown section (expected one of {', '.join(sections)})"))
+
+    def table(name: str) -> Mapping[str, Any]:
+        value = data.get(name, {})
+        if not isinstance(value, dict):
+            problems.append((name, "expected a table"))
+            return {}
+        return value
+
+    source = _source(table("source"), problems, base)
+    subscriptions = _subscriptions(data.get("subscriptions"), problems)
+    batch = _section(
+        table("batch"),
+        "batch",
+        problems,
+        BatchConfig,
+        {
+            "max_rows": "positive integer",
+            "max_bytes": "positive integer",
+            "max_seconds": "positive number",
+        },
+    )
+    sink = _sink(table("sink"), problems)
+    state = _state(table("state"), problems, base)
+    backfill = _section(
+        table("backfill"),
+        "backfill",
+        problems,
+        BackfillConfig,
+        {
+            "enabled": "bool",
+            "max_window": "duration (seconds or '90s', '15m', '6h', '1d')",
+            "page_size": "positive integer",
+            "overlap_seconds": "non-negative number",
+            "identity_index_size": "positive integer",
+        },
+    )
+    if backfill.page_size > 100:
+        problems.append(("backfill.page_size", "the API serves at most 100 per page"))
+    log = _section(
+        table("log"), "log", problems, LogConfig, {"level": "string", "format": "string"}
+    )
+    if log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        problems.append(("log.level", "expected one of DEBUG, INFO, WARNING, ERROR"))
+    if log.format not in ("text", "json"):
+        problems.append(("log.format", "expected one of text, json"))
+    if problems or source is None:
+        raise ConfigError(problems)
+    return Config(source, subscriptions, batch, sink, state, backfill, log)
+
+
+def _section(
+    tbl: Mapping[str, Any],
+    prefix: str,
+    problems: list[tuple[str, str]],
+    cls: Callable[..., Any],
+    kinds: dict[str, str],
+) -> Any:
+    r = _Reader(tbl, prefix, problems)
+    defaults = cls()
+    values = {k: r.get(k, kind, getattr(defaults, k)) for k, kind in kinds.items()}
+    r.unknown()
+    return cls(**values)
+
+
+def _source(
+    tbl: Mapping[str, Any], problems: list[tuple[str, str]], base: Path
+) -> SourceConfig | None:
+    r = _Reader(tbl, "source", problems)
+    url = r.get("url", "string", None, required=True)
+    if url is not None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            r.fail("url", f"expected ws://host[:port] or wss://host[:port], got {url!r}")
+            url = None
+        elif parts.path not in ("", "/") or parts.query:
+            r.fail("url", "give scheme://host[:port] only; the path goes in source.path")
+    spec = r.get("observation_spec_id", "string", None, required=True)
+    path = r.get("path", "string", DEFAULT_PATH)
+    if not path.startswith("/"):
+        r.fail("path", "must start with /")
+    elif "{observation_spec_id}" not in path:
+        r.fail("path", "must contain {observation_spec_id}")
+    token_env = r.get("token_env", "string", None)
+    token_file = r.get("token_file", "string", None)
+    if token_env and token_file:
+        r.fail("token_file", "give token_env or token_file, not both")
+    token = (
+        TokenSource(env=None, file=_resolve(base, token_file))
+        if token_file
+        else TokenSource(env=token_env or "GOTHAM_TOKEN")
+    )
+    ca_file = r.get("ca_file", "string", None)
+    if ca_file is not None and not _resolve(base, ca_file).is_file():
+        r.fail("ca_file", f"no such file: {ca_file}")
+    rest_url = r.get("rest_url", "string", None)
+    if rest_url is not None and urlsplit(rest_url).scheme not in ("http", "https"):
+        r.fail("rest_url", "expected http(s)://host[:port]")
+    d = SourceConfig("ws://x", "x")
+    numbers = {
+        k: r.get(k, "positive number", getattr(d, k))
+        for k in (
+            "open_timeout",
+            "ping_interval",
+            "ping_timeout",
+            "reconnect_min_seconds",
+            "reconnect_max_seconds",
+            "auth_retry_seconds",
+        )
+    }
+    deflate = r.get("permessage_deflate", "bool", d.permessage_deflate)
+    max_message = r.get("max_message_bytes", "positive integer", d.max_message_bytes)
+    r.unknown()
+    if url is None or spec is None:
+        return None
+    return SourceConfig(
+        url=url,
+        observation_spec_id=spec,
+        path=path,
+        token=token,
+        ca_file=_resolve(base, ca_file) if ca_file else None,
+        rest_url=rest_url,
+        permessage_deflate=deflate,
+        max_message_bytes=max_message,
+        **numbers,
+    )
+
+
+def _subscriptions(value: object, problems: list[tuple[str, str]]) -> tuple[Subscription, ...]:
+    if value is None:
+        problems.append(("subscriptions", "at least one [[subscriptions]] entry is required"))
+        return ()
+    if not isinstance(value, list) or not value:
+        problems.append(("subscriptions", "expected a non-empty array of tables [[subscriptions]]"))
+        return ()
+    result: list[Subscription] = []
+    names: set[str] = set()
+    for i, entry in enumerate(value):
+        prefix = f"subscriptions[{i}]"
+        if not isinstance(entry, dict):
+            problems.append((prefix, "expected a table"))
+            continue
+        r = _Reader(entry, prefix, problems)
+        name = r.get("name", "string", None, required=True)
+        if name is not None:
+            r.prefix = f"subscriptions[{i}] ({name})"
+            if not _NAME.match(name):
+                r.fail("name", f"{name!r} must match [A-Za-z0-9_-]+")
+            elif name in names:
+                r.fail("name", f"{name!r} is used twice")
+            names.add(name)
+        query = r.get("query", "table", None, required=True)
+        if query is not None:
+            for problem in validate_query(query):
+                r.fail("query", problem)
+        r.unknown()
+        if name is not None and query is not None:
+            result.append(Subscription(name, query))
+    return tuple(result)
+
+
+def _sink(tbl: Mapping[str, Any], problems: list[tuple[str, str]]) -> SinkConfig:
+    r = _Reader(tbl, "sink", problems)
+    d = SinkConfig()
+    url = r.get("url", "string", d.url)
+    options = r.get("storage_options", "table", {})
+    compression = r.get("compression", "string", d.compression)
+    if compression not in COMPRESSIONS:
+        r.fail("compression", f"expected one of {', '.join(COMPRESSIONS)}, got {compression!r}")
+    level = r.get("compression_level", "positive integer", None)
+    rows = r.get("row_group_rows", "positive integer", d.row_group_rows)
+    attempts = r.get("max_attempts", "positive integer", d.max_attempts)
+    r.unknown()
+    return SinkConfig(url, options, compression, level, rows, attempts)
+
+
+def _state(tbl: Mapping[str, Any], problems: list[tuple[str, str]], base: Path) -> StateConfig:
+    r = _Reader(tbl, "state", problems)
+    d = StateConfig()
+    directory = r.get("dir", "string", str(d.dir))
+    writer_id = r.get("writer_id", "string", None)
+    if writer_id is not None and not _NAME.match(writer_id):
+        r.fail("writer_id", f"{writer_id!r} must match [A-Za-z0-9_-]+")
+    fsync = r.get("fsync_seconds", "non-negative number", d.fsync_seconds)
+    spool = r.get("max_spool_bytes", "positive integer", d.max_spool_bytes)
+    segment = r.get("segment_bytes", "positive integer", d.segment_bytes)
+    r.unknown()
+    return StateConfig(_resolve(base, directory), writer_id, fsync, spool, segment)
+
+
+def _resolve(base: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path

@@ -1,0 +1,124 @@
+"""The Gotham websocket protocol, sans I/O: frames in, typed events out; no sockets, no clock.
+
+Replies to `subscribe` carry no request id, so they are matched to requests by order.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+
+class _Envelope(msgspec.Struct):
+    type: str
+    id: str | None = None
+    errors: list[Any] | None = None
+    # Raw keeps each observation undecoded: routing needs only the count.
+    observations: list[msgspec.Raw] | None = None
+
+
+_DECODER = msgspec.json.Decoder(_Envelope)
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribed:
+    name: str
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeFailed:
+    name: str
+    errors: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    name: str
+    id: str
+    count: int
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A frame we cannot use: kept verbatim in the dead-letter area, never dropped silently."""
+
+    reason: str
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ServerError:
+    """A `{"type": "error"}` frame: the server complaining about something we sent."""
+
+    errors: list[dict[str, Any]]
+
+
+Event = Subscribed | SubscribeFailed | Data | Malformed | ServerError
+
+
+def encode(message: dict[str, Any]) -> str:
+    return msgspec.json.encode(message).decode()
+
+
+class Protocol:
+    """State of one connection: pending subscribe requests and the id -> name mapping."""
+
+    def __init__(self) -> None:
+        self._pending: deque[str] = deque()
+        self._names: dict[str, str] = {}
+        # Data can still arrive for an id after we unsubscribed it; it is ours, not unknown.
+        self._retired: dict[str, str] = {}
+
+    @property
+    def ids(self) -> dict[str, str]:
+        """Current name -> subscription id."""
+        return {name: sid for sid, name in self._names.items()}
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def subscribe(self, name: str, query: Any) -> str:
+        self._pending.append(name)
+        return encode({"type": "subscribe", "query": query})
+
+    def unsubscribe(self, name: str) -> str | None:
+        for sid, known in list(self._names.items()):
+            if known == name:
+                del self._names[sid]
+                self._retired[sid] = name
+                return encode({"type": "unsubscribe", "id": sid})
+        return None
+
+    def receive(self, frame: bytes | str) -> Event:
+        raw = frame.encode() if isinstance(frame, str) else frame
+        try:
+            env = _DECODER.decode(raw)
+        except msgspec.ValidationError as exc:
+            return Malformed(f"unexpected message shape: {exc}", raw)
+        except msgspec.DecodeError as exc:
+            return Malformed(f"not valid JSON: {exc}", raw)
+        if env.type == "data":
+            if env.id is None or env.observations is None:
+                return Malformed("data message without id or observations", raw)
+            name = self._names.get(env.id) or self._retired.get(env.id)
+            if name is None:
+                return Malformed(f"data for unknown subscription id {env.id}", raw)
+            return Data(name, env.id, len(env.observations), raw)
+        if env.type == "subscribed":
+            if not self._pending:
+                return Malformed("subscribed reply without a pending subscribe", raw)
+            name = self._pending.popleft()
+            errors = [e for e in env.errors or [] if isinstance(e, dict)]
+            if env.id is None or errors:
+                return SubscribeFailed(name, errors or [{"error": "NoSubscriptionId"}])
+            self._names[env.id] = name
+            return Subscribed(name, env.id)
+        if env.type == "error":
+            return ServerError([e for e in env.errors or [] if isinstance(e, dict)])
+        return Malformed(f"unknown message type {env.type[:40]!r}", raw)

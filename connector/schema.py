@@ -1,0 +1,77 @@
+"""The one observation schema. Single source of truth; `schemas/observation.json` mirrors it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+
+UTC_US = pa.timestamp("us", tz="UTC")
+PROPERTIES = pa.map_(pa.string(), pa.string())
+
+# (name, type, nullable, origin in the wire format, meaning)
+COLUMNS: list[tuple[str, pa.DataType, bool, str, str]] = [
+    ("source_system_id", pa.string(), False, "sourceSystemId", "system that produced the track"),
+    ("collection_id", pa.string(), False, "collectionId", "collection within the source system"),
+    ("observation_spec_id", pa.string(), False, "observationSpecId", "observation spec (schema)"),
+    ("track_id", pa.string(), False, "trackId", "track within the collection"),
+    ("timestamp", UTC_US, False, "timestamp", "observation time, UTC, microseconds"),
+    ("longitude", pa.float64(), False, "position.longitude", "WGS84 degrees"),
+    ("latitude", pa.float64(), False, "position.latitude", "WGS84 degrees"),
+    ("elevation", pa.float64(), True, "position.elevation", "metres; null when absent"),
+    ("name", pa.string(), True, "name", "entity name; null when absent or null"),
+    (
+        "static_properties",
+        PROPERTIES,
+        True,
+        "staticProperties",
+        'propertyType -> value as JSON text (12 vs "12" stay distinct)',
+    ),
+    (
+        "live_properties",
+        PROPERTIES,
+        True,
+        "liveProperties",
+        "propertyType -> value as JSON text",
+    ),
+    ("style", pa.string(), True, "style", "the style object as JSON text; null when absent"),
+    ("extra", pa.string(), True, "(any)", "JSON object of what the typed columns cannot hold"),
+    ("subscription", pa.string(), False, "(config)", "configured subscription name"),
+    ("subscription_id", pa.string(), True, "data.id", "server's subscription id; null on backfill"),
+    ("origin", pa.string(), False, "(connector)", "stream or backfill"),
+    ("received_at", UTC_US, False, "(connector)", "when the connector received the frame"),
+    ("seq", pa.int64(), False, "(connector)", "spool sequence number of the frame (lineage)"),
+]
+
+SCHEMA = pa.schema(
+    [pa.field(name, dtype, nullable=nullable) for name, dtype, nullable, _, _ in COLUMNS],
+    metadata={"gotham_connector.schema_version": "1"},
+)
+
+IDENTITY = ("source_system_id", "collection_id", "observation_spec_id", "track_id", "timestamp")
+
+
+def schema_document() -> dict[str, Any]:
+    """The published, readable form of SCHEMA (kept equal to the code by a test)."""
+    return {
+        "name": "gotham_observation",
+        "version": 1,
+        "partitioning": ["observation_spec_id", "date", "hour"],
+        "sort_order": ["track_id", "timestamp"],
+        "identity": list(IDENTITY),
+        "columns": [
+            {
+                "name": name,
+                "type": str(dtype),
+                "nullable": nullable,
+                "origin": origin,
+                "meaning": meaning,
+            }
+            for name, dtype, nullable, origin, meaning in COLUMNS
+        ],
+    }
+
+
+def schema_json() -> str:
+    return json.dumps(schema_document(), indent=2, ensure_ascii=False) + "\n"

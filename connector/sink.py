@@ -1,0 +1,146 @@
+"""Makes finished files visible on any fsspec store, atomically, with bounded retries.
+
+Local folders: temp file in the destination folder, fsync, os.replace, fsync of the folder.
+Object stores: one PUT (or multipart completion) is the commit. Errors are translated here,
+once: permanent ones become SinkError (stop, keep the data), the rest TransientSinkError.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from tenacity import (
+    Retrying,
+    before_sleep_log,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from connector.errors import SinkError, TransientSinkError
+
+log = logging.getLogger(__name__)
+
+_TERMINAL_CODES = {"AccessDenied", "NoSuchBucket", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+
+
+class Sink:
+    def __init__(
+        self,
+        url: str,
+        storage_options: Mapping[str, Any] | None = None,
+        *,
+        max_attempts: int = 6,
+        max_wait: float = 20.0,
+    ) -> None:
+        self.url = url
+        try:
+            fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+        except (ImportError, ValueError, TypeError) as exc:
+            raise SinkError(f"sink.url {url!r}: {exc}") from exc
+        self.fs = fs
+        self.root = root.rstrip("/")
+        self.local = "file" in _protocols(fs)
+        self._retrying = Retrying(
+            stop=stop_after_attempt(max_attempts),
+            wait=wait_exponential_jitter(initial=0.2, max=max_wait),
+            retry=retry_if_exception_type(TransientSinkError),
+            before_sleep=before_sleep_log(log, logging.WARNING),
+            reraise=True,
+        )
+
+    def path(self, relative: str) -> str:
+        return f"{self.root}/{relative}" if self.root else relative
+
+    def put(self, relative: str, data: bytes) -> None:
+        """Write `data` at `relative` (under the sink root) so it appears whole or not at all."""
+        target = self.path(relative)
+        for attempt in self._retrying:
+            with attempt:
+                self._translate(self._put_once, target, data)
+
+    def _put_once(self, target: str, data: bytes) -> None:
+        if self.local:
+            _atomic_local_write(Path(target), data)
+        else:
+            self.fs.pipe_file(target, data)
+
+    def list(self, relative: str = "") -> list[str]:
+        """Paths (relative to the root) of every file below `relative`."""
+        base = self.path(relative) if relative else self.root
+        try:
+            found = self.fs.find(base)
+        except FileNotFoundError:
+            return []
+        prefix = self.root + "/" if self.root else ""
+        return sorted(p[len(prefix) :] if p.startswith(prefix) else p for p in found)
+
+    def read(self, relative: str) -> bytes:
+        return self._translate(self.fs.cat_file, self.path(relative))  # type: ignore[no-any-return]
+
+    def check(self) -> None:
+        """Fail fast at start-up when the sink cannot be written at all (bucket missing, denied)."""
+        probe = f"_connector_probe/{uuid.uuid4().hex}.tmp"
+        for attempt in self._retrying:
+            with attempt:
+                self._translate(self._put_once, self.path(probe), b"")
+                self._translate(self.fs.rm_file, self.path(probe))
+
+    def _translate(self, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise SinkError(f"sink {self.url}: {type(exc).__name__}: {exc}") from exc
+        except OSError as exc:
+            code = _error_code(exc)
+            if code in _TERMINAL_CODES:
+                raise SinkError(f"sink {self.url}: {code}: {exc}") from exc
+            raise TransientSinkError(f"sink {self.url}: {type(exc).__name__}: {exc}") from exc
+        except (SinkError, TransientSinkError):
+            raise
+        except Exception as exc:  # botocore/aiohttp errors that fsspec does not translate
+            code = _error_code(exc)
+            if code in _TERMINAL_CODES:
+                raise SinkError(f"sink {self.url}: {code}: {exc}") from exc
+            raise TransientSinkError(f"sink {self.url}: {type(exc).__name__}: {exc}") from exc
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    proto = fs.protocol
+    return (proto,) if isinstance(proto, str) else tuple(proto)
+
+
+def _error_code(exc: BaseException) -> str | None:
+    for candidate in (exc, exc.__cause__, exc.__context__):
+        response = getattr(candidate, "response", None)
+        if isinstance(response, dict):
+            code = response.get("Error", {}).get("Code")
+            if isinstance(code, str):
+                return code
+    return None
+
+
+def _atomic_local_write(target: Path, data: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Hidden, and never ending in .parquet: readers globbing **/*.parquet cannot see it.
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

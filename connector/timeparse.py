@@ -1,0 +1,57 @@
+"""ISO-8601 UTC timestamps with 0-9 fractional digits, to integer microseconds. Pure."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_RE = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,9}))?(Z|[+-]\d{2}:?\d{2})\Z",
+    re.IGNORECASE,
+)
+
+
+def parse_timestamp_ns(text: str) -> int | None:
+    """Nanoseconds since the epoch, or None when `text` is not an ISO-8601 timestamp with a zone.
+
+    A timestamp without a zone is refused rather than guessed: the API promises UTC.
+    """
+    m = _RE.match(text)
+    if m is None:
+        return None
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    frac, zone = m.group(7) or "", m.group(8)
+    try:
+        dt = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+    except ValueError:
+        return None
+    if zone.upper() != "Z":
+        sign = 1 if zone[0] == "+" else -1
+        digits = zone[1:].replace(":", "")
+        dt -= sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
+    delta = dt - _EPOCH
+    seconds = delta.days * 86400 + delta.seconds
+    return seconds * 1_000_000_000 + int(frac.ljust(9, "0") or 0)
+
+
+def parse_timestamp_us(text: str) -> int | None:
+    ns = parse_timestamp_ns(text)
+    return None if ns is None else ns // 1000
+
+
+def format_us(us: int) -> str:
+    """Canonical form: seconds, then a fraction only when there is one, trailing zeros dropped."""
+    seconds, micros = divmod(us, 1_000_000)
+    base = (_EPOCH + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S")
+    if micros:
+        base += "." + f"{micros:06d}".rstrip("0")
+    return base + "Z"
+
+
+def format_ns(ns: int) -> str:
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    base = (_EPOCH + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S")
+    if nanos:
+        base += "." + f"{nanos:09d}".rstrip("0")
+    return base + "Z"
