@@ -12,7 +12,8 @@ class Backoff:
         self._rng = rng or random.Random()
 
     def next(self) -> float:
-        ceiling = min(self.maximum, self.minimum * (2**self.attempt))
+        # The exponent is capped: 2**1024 does not fit a float (OverflowError after a long outage).
+        ceiling = min(self.maximum, self.minimum * (2 ** min(self.attempt, 64)))
         self.attempt += 1
         # Full jitter keeps many replicas from reconnecting in lockstep after an outage.
         return self._rng.uniform(self.minimum / 2, max(ceiling, self.minimum))

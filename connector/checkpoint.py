@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from connector.errors import ConfigError
+
 VERSION = 1
 
 
@@ -34,9 +36,10 @@ class CheckpointStore:
             data = json.loads(self.path.read_text(encoding="utf-8"))
             data = _migrate(data)
             cp = Checkpoint(**data)
-            if writer_id is not None and not cp.writer_id.startswith(writer_id + "-"):
+            prefix, _, suffix = cp.writer_id.rpartition("-")
+            if writer_id is not None and prefix != writer_id:
                 # A renamed writer keeps its random suffix: names stay unique.
-                cp.writer_id = f"{writer_id}-{cp.writer_id.rsplit('-', 1)[-1]}"
+                cp.writer_id = f"{writer_id}-{suffix}"
             return cp
         # The random suffix makes names unique even if a wiped state dir restarts at seq 1.
         cp = Checkpoint(writer_id=f"{writer_id or 'w'}-{uuid.uuid4().hex[:8]}")
@@ -45,11 +48,15 @@ class CheckpointStore:
 
     def save(self, cp: Checkpoint) -> None:
         tmp = self.dir / f".checkpoint.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(asdict(cp), fh, indent=1, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(asdict(cp), fh, indent=1, sort_keys=True)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         fd = os.open(self.dir, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -60,5 +67,8 @@ class CheckpointStore:
 def _migrate(data: dict[str, Any]) -> dict[str, Any]:
     version = data.get("version", 1)
     if version > VERSION:
-        raise ValueError(f"checkpoint version {version} is newer than this connector ({VERSION})")
+        raise ConfigError.single(
+            "state.dir",
+            f"checkpoint version {version} is newer than this connector ({VERSION})",
+        )
     return data

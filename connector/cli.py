@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 from pathlib import Path
 
@@ -89,12 +88,8 @@ def run_connector(cfg: Config, config_path: Path | None = None) -> int:
 
 
 async def _run(cfg: Config, config_path: Path | None) -> None:
-    from connector.runner import Runner
-    from connector.service import attach
+    from connector.service import attach_signals, build
 
-    runner = Runner(cfg)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, runner.request_stop)
-    attach(runner, config_path)
+    runner = build(cfg)
+    attach_signals(runner, config_path)
     await runner.run()

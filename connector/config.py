@@ -332,6 +332,8 @@ def _source(
             "auth_retry_seconds",
         )
     }
+    if numbers["reconnect_min_seconds"] > numbers["reconnect_max_seconds"]:
+        r.fail("reconnect_max_seconds", "must be at least source.reconnect_min_seconds")
     deflate = r.get("permessage_deflate", "bool", d.permessage_deflate)
     max_message = r.get("max_message_bytes", "positive integer", d.max_message_bytes)
     r.unknown()

@@ -38,4 +38,4 @@ def split(table: pa.Table) -> Iterator[tuple[str, pa.Table]]:
         part = part.sort_by(
             [("track_id", "ascending"), ("timestamp", "ascending"), ("seq", "ascending")]
         )
-        yield partition_dir(spec, hour.strftime("%Y-%m-%d"), hour.hour), part
+        yield partition_dir(spec, hour.date().isoformat(), hour.hour), part

@@ -23,6 +23,17 @@ class _Envelope(msgspec.Struct):
 _DECODER = msgspec.json.Decoder(_Envelope)
 
 
+class _Kind(msgspec.Struct):
+    type: str
+
+
+def _kind(raw: bytes) -> str | None:
+    try:
+        return msgspec.json.decode(raw, type=_Kind).type
+    except msgspec.DecodeError:  # ValidationError is a DecodeError
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class Subscribed:
     name: str
@@ -100,6 +111,13 @@ class Protocol:
         try:
             env = _DECODER.decode(raw)
         except msgspec.ValidationError as exc:
+            if self._pending and _kind(raw) == "subscribed":
+                # Still the reply to the oldest subscribe: consuming it keeps the order-based
+                # correlation right (otherwise every later reply lands on the wrong name).
+                detail = [{"name": "reason", "value": str(exc)}]
+                return SubscribeFailed(
+                    self._pending.popleft(), [{"error": "MalformedReply", "args": detail}]
+                )
             return Malformed(f"unexpected message shape: {exc}", raw)
         except msgspec.DecodeError as exc:
             return Malformed(f"not valid JSON: {exc}", raw)

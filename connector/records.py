@@ -134,6 +134,17 @@ def _number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _float(value: object) -> float | None:
+    """A JSON number as the float64 that holds it exactly, else None (huge or inexact ints)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        result = float(value)
+    except OverflowError:
+        return None
+    return result if result == value else None
+
+
 def observation_to_row(obs: Any) -> tuple[dict[str, Any] | None, str]:
     """One observation dict -> row values for the typed columns (timestamps as int us)."""
     if not isinstance(obs, dict):
@@ -149,23 +160,18 @@ def observation_to_row(obs: Any) -> tuple[dict[str, Any] | None, str]:
     if ns is None:
         return None, "timestamp is missing or not ISO-8601 with a zone"
     pos = obs.get("position")
-    if (
-        not isinstance(pos, dict)
-        or not _number(pos.get("longitude"))
-        or not _number(pos.get("latitude"))
-    ):
+    lon = _float(pos.get("longitude")) if isinstance(pos, dict) else None
+    lat = _float(pos.get("latitude")) if isinstance(pos, dict) else None
+    if not isinstance(pos, dict) or lon is None or lat is None:
         return None, "position is missing or has no numeric longitude/latitude"
     extra: dict[str, Any] = {k: v for k, v in obs.items() if k not in _KNOWN}
     us = ns // 1000
     row["timestamp"] = us
     if format_us(us) != ts:
         extra["timestamp"] = ts
-    row["longitude"] = float(pos["longitude"])
-    row["latitude"] = float(pos["latitude"])
-    elevation = pos.get("elevation")
-    row["elevation"] = (
-        float(elevation) if isinstance(elevation, int | float) and _number(elevation) else None
-    )
+    row["longitude"] = lon
+    row["latitude"] = lat
+    row["elevation"] = _float(pos.get("elevation"))
     if len(pos) != 2 + ("elevation" in pos) or ("elevation" in pos and row["elevation"] is None):
         extra["position"] = pos
     name = obs.get("name")

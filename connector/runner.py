@@ -34,6 +34,7 @@ from connector.errors import (
 )
 from connector.flush import FlushSettings, flush_cut
 from connector.protocol import Data, Malformed, Protocol, ServerError, Subscribed, SubscribeFailed
+from connector.records import observation_to_row
 from connector.sink import Sink
 from connector.source import HandshakeFailed, open_stream
 from connector.spool import DATA, DEAD, LEDGER, Spool, SpoolFull
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 
 HEALTHY_SESSION_SECONDS = 30.0
 SHUTDOWN_SECONDS = 12.0
+DRAIN_SECONDS = 3.0  # at most, reading what was sent before our unsubscribe arrived
+DRAIN_QUIET_SECONDS = 0.3
 
 
 def now_us() -> int:
@@ -82,6 +85,7 @@ class Runner:
         self._last_frame_us = 0
         self._spool_gaps: dict[str, int] = {}
         self._tasks: list[asyncio.Task[Any]] = []
+        self._committed = asyncio.Event()  # pulsed after each checkpoint save
         self._stop_requested_at: float | None = None
         self.subscriptions: dict[str, Subscription] = {s.name: s for s in cfg.subscriptions}
         self.hooks: list[Any] = []  # backfill and metrics plug in here (on_gap)
@@ -143,23 +147,15 @@ class Runner:
         at = now_us()
         for name, state in list(self._cp.subscriptions.items()):
             if name not in self.subscriptions:
-                self._ledger(ledger.event(ledger.SUBSCRIPTION_ENDED, name, at))
+                self.record(ledger.event(ledger.SUBSCRIPTION_ENDED, name, at))
                 del self._cp.subscriptions[name]
             elif state.get("accepted") and state.get("gap_from_us") is None and last_seen_us:
                 state["gap_from_us"] = last_seen_us
 
     async def _shutdown(self) -> None:
         self.stopping.set()
-        ws = self._ws
-        if ws is not None:
-            for name in list(self.protocol.ids):
-                message = self.protocol.unsubscribe(name)
-                if message is not None:
-                    with contextlib.suppress(ConnectionClosed):
-                        await ws.send(message)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(1000, "connector stopping"), 3)
-            self._end_session(now_us())
+        if self._ws is not None:
+            await self._unsubscribe_and_close(self._ws)
         cut = self._batcher.force()
         if cut is not None:
             self._emit(cut)
@@ -243,7 +239,8 @@ class Runner:
                 reader.cancel()  # websockets' recv() is cancellation-safe
                 with contextlib.suppress(asyncio.CancelledError):
                     await reader
-                return  # _shutdown unsubscribes and closes this socket
+                await self._unsubscribe_and_close(ws)
+                return
             exc = reader.exception()
             if exc is not None and not isinstance(exc, ConnectionClosed):
                 raise exc
@@ -258,6 +255,30 @@ class Runner:
         self._end_session(self._last_frame_us or now_us())
         self._ws = None
         self.connected.clear()
+
+    async def _unsubscribe_and_close(self, ws: ClientConnection) -> None:
+        """Unsubscribe, then keep reading what the server sent before it saw the unsubscribe:
+        frames already on the wire are spooled, not dropped."""
+        names = list(self.protocol.ids)
+        try:
+            for name in names:
+                message = self.protocol.unsubscribe(name)
+                if message is not None:
+                    await ws.send(message)
+            deadline = time.monotonic() + DRAIN_SECONDS
+            while time.monotonic() < deadline:
+                frame = await asyncio.wait_for(ws.recv(decode=False), DRAIN_QUIET_SECONDS)
+                self._on_frame(frame)
+        except (ConnectionClosed, TimeoutError):
+            pass
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(ws.close(1000, "connector stopping"), 3)
+        at = now_us()
+        for name in names:
+            state = self._cp.subscriptions.setdefault(name, {})
+            state.setdefault("gap_from_us", at)
+            self.record(ledger.event(ledger.STREAM_STOPPED, name, at))
+        self._ws = None
 
     def _end_session(self, at_us: int) -> None:
         """Everything after the last frame we read is unknown to us: open a gap per subscription."""
@@ -301,7 +322,7 @@ class Runner:
         state = self._cp.subscriptions.setdefault(event.name, {})
         state["accepted"] = True
         gap_from = state.pop("gap_from_us", None)
-        self._ledger(ledger.event(ledger.STREAM_STARTED, event.name, at, id=event.id))
+        self.record(ledger.event(ledger.STREAM_STARTED, event.name, at, id=event.id))
         if gap_from is not None:
             self.on_gap(event.name, gap_from, at, "disconnected")
         if self.protocol.pending == 0:
@@ -314,7 +335,7 @@ class Runner:
             self._fail(QueryError(event.name, event.errors))
             return
         log.error("subscription %s refused on resubscribe: %s; retrying", event.name, detail)
-        self._ledger(ledger.event(ledger.SUBSCRIBE_REJECTED, event.name, at, errors=event.errors))
+        self.record(ledger.event(ledger.SUBSCRIBE_REJECTED, event.name, at, errors=event.errors))
         self._tasks.append(asyncio.create_task(self._resubscribe_later(event.name)))
 
     async def _resubscribe_later(self, name: str) -> None:
@@ -346,7 +367,8 @@ class Runner:
         self._account(seq, rows, len(payload))
         return True
 
-    def _ledger(self, item: dict[str, Any]) -> None:
+    def record(self, item: dict[str, Any]) -> None:
+        """Append a ledger event; it lands with the next cut as `_ledger/<cut>.jsonl`."""
         payload = msgspec.json.encode(item)
         # Ledger records bypass the spool limit: they are tiny and say what was lost.
         seq = self._spool.append(LEDGER, {}, payload, now_us(), force=True)
@@ -354,11 +376,44 @@ class Runner:
 
     def on_gap(self, name: str, start_us: int, end_us: int, reason: str) -> None:
         log.warning("gap in %s from %d to %d (%s)", name, start_us, end_us, reason)
-        self._ledger(
+        self.record(
             ledger.event(ledger.GAP, name, end_us, start=start_us, end=end_us, reason=reason)
         )
         for hook in self.hooks:
             hook(name, start_us, end_us)
+
+    async def flush_barrier(self) -> None:
+        """Return once everything spooled before the call is visible in the sink."""
+        target = self._spool.next_seq - 1
+        cut = self._batcher.force("barrier")
+        if cut is not None:
+            self._emit(cut)
+        while self._cp.committed_seq < target and not self.stopping.is_set():
+            self._committed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._committed.wait(), 0.5)
+
+    def spooled_identities(self, name: str) -> set[tuple[str, str, str, str, int]]:
+        """Identities of this subscription's rows in the spool and not yet committed."""
+        found: set[tuple[str, str, str, str, int]] = set()
+        last = self._spool.next_seq - 1
+        for rec in self._spool.read(self._cp.committed_seq + 1, last):
+            if rec.kind != DATA or rec.meta.get("sub") != name:
+                continue
+            frame = msgspec.json.decode(rec.payload)
+            for obs in frame.get("observations") or []:
+                row, _ = observation_to_row(obs)
+                if row is not None:
+                    found.add(
+                        (
+                            row["source_system_id"],
+                            row["collection_id"],
+                            row["observation_spec_id"],
+                            row["track_id"],
+                            row["timestamp"],
+                        )
+                    )
+        return found
 
     def _account(self, seq: int, rows: int, nbytes: int) -> None:
         cut = self._batcher.add(seq, rows, nbytes, time.monotonic())
@@ -429,6 +484,7 @@ class Runner:
             self._cp.totals["last_seen_us"] = self._last_frame_us
             await asyncio.to_thread(self._store.save, self._cp)
             self._spool.release(cut.last)
+            self._committed.set()
 
     # -- live reconfiguration -----------------------------------------------------------------
     async def reload(self, cfg: Config) -> None:
@@ -452,7 +508,7 @@ class Runner:
                 with contextlib.suppress(ConnectionClosed):
                     await ws.send(message)
             self._cp.subscriptions.pop(name, None)
-            self._ledger(ledger.event(ledger.SUBSCRIPTION_ENDED, name, at))
+            self.record(ledger.event(ledger.SUBSCRIPTION_ENDED, name, at))
         for name, sub in new.items():
             changed = name in old and old[name].query != sub.query
             if name in old and not changed:

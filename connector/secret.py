@@ -80,7 +80,13 @@ class RedactFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not self._tokens:
             return True
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            # A bad %-format must neither raise into the caller (filters are not guarded by
+            # logging) nor reach logging's error report, which prints the raw args unscrubbed.
+            message = f"{record.msg} {record.args!r}"
+            record.msg, record.args = message, None
         scrubbed = message
         for token in self._tokens:
             scrubbed = scrubbed.replace(token, "***")

@@ -1,4 +1,4 @@
-"""Process-level attachments to a runner: SIGHUP reload (and, with backfill, the gap healer)."""
+"""Builds a runner with its process-level attachments: backfill, SIGHUP reload."""
 
 from __future__ import annotations
 
@@ -7,15 +7,25 @@ import logging
 import signal
 from pathlib import Path
 
-from connector.config import load_config
+from connector.backfill import Backfiller
+from connector.config import Config, load_config
 from connector.errors import ConfigError
 from connector.runner import Runner
 
 log = logging.getLogger(__name__)
 
 
-def attach(runner: Runner, config_path: Path | None) -> None:
+def build(cfg: Config) -> Runner:
+    runner = Runner(cfg)
+    if cfg.backfill.enabled:
+        Backfiller(runner).attach()
+    return runner
+
+
+def attach_signals(runner: Runner, config_path: Path | None) -> None:
     loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, runner.request_stop)
     if config_path is not None:
         loop.add_signal_handler(signal.SIGHUP, lambda: _schedule_reload(runner, config_path))
 

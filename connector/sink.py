@@ -95,7 +95,13 @@ class Sink:
     def _translate(self, fn: Any, *args: Any) -> Any:
         try:
             return fn(*args)
-        except (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+        except (
+            PermissionError,
+            FileNotFoundError,
+            FileExistsError,  # a regular file sits where a partition folder must go
+            IsADirectoryError,
+            NotADirectoryError,
+        ) as exc:
             raise SinkError(f"sink {self.url}: {type(exc).__name__}: {exc}") from exc
         except OSError as exc:
             code = _error_code(exc)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _RE = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,9}))?(Z|[+-]\d{2}:?\d{2})\Z",
-    re.IGNORECASE,
+    re.IGNORECASE | re.ASCII,
 )
 
 
@@ -29,7 +29,13 @@ def parse_timestamp_ns(text: str) -> int | None:
     if zone.upper() != "Z":
         sign = 1 if zone[0] == "+" else -1
         digits = zone[1:].replace(":", "")
-        dt -= sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
+        hours, minutes = int(digits[:2]), int(digits[2:])
+        if hours > 23 or minutes > 59:
+            return None
+        try:
+            dt -= sign * timedelta(hours=hours, minutes=minutes)
+        except OverflowError:  # the offset moves the instant out of years 1-9999
+            return None
     delta = dt - _EPOCH
     seconds = delta.days * 86400 + delta.seconds
     return seconds * 1_000_000_000 + int(frac.ljust(9, "0") or 0)
@@ -43,7 +49,8 @@ def parse_timestamp_us(text: str) -> int | None:
 def format_us(us: int) -> str:
     """Canonical form: seconds, then a fraction only when there is one, trailing zeros dropped."""
     seconds, micros = divmod(us, 1_000_000)
-    base = (_EPOCH + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S")
+    # isoformat, not strftime("%Y"): glibc does not zero-pad years below 1000.
+    base = (_EPOCH + timedelta(seconds=seconds)).replace(tzinfo=None).isoformat()
     if micros:
         base += "." + f"{micros:06d}".rstrip("0")
     return base + "Z"
@@ -51,7 +58,8 @@ def format_us(us: int) -> str:
 
 def format_ns(ns: int) -> str:
     seconds, nanos = divmod(ns, 1_000_000_000)
-    base = (_EPOCH + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S")
+    # isoformat, not strftime("%Y"): glibc does not zero-pad years below 1000.
+    base = (_EPOCH + timedelta(seconds=seconds)).replace(tzinfo=None).isoformat()
     if nanos:
         base += "." + f"{nanos:09d}".rstrip("0")
     return base + "Z"

@@ -1,0 +1,306 @@
+"""Closes gaps: pages the REST history search for each gap and lands what the stream missed.
+
+One gap at a time (so dedupe sees every earlier backfill landed): fetch the gap window (with a
+small overlap) using the subscription's query, keep the points that match the subscription's own
+filter (the REST query selects tracks, not points), wait until everything received so far is
+landed, drop identities already landed or spooled, and ingest the rest through the spool with
+origin = backfill. Every outcome goes to the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import msgspec
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from connector import layout, ledger
+from connector.errors import Transient
+from connector.query import matches
+from connector.runner import Runner, now_us
+from connector.spool import DATA
+from connector.timeparse import format_us, parse_timestamp_us
+
+log = logging.getLogger(__name__)
+
+Identity = tuple[str, str, str, str, int]
+CHUNK = 1000  # observations per spooled backfill record
+
+
+class RestRefused(Exception):
+    """401/403/4xx from the REST API: retrying will not help."""
+
+
+class RestUnavailable(Transient):
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Gap:
+    subscription: str
+    start_us: int
+    end_us: int
+
+
+class Backfiller:
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self.cfg = runner.cfg
+        self._queue: asyncio.Queue[Gap] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.completed = 0
+
+    def attach(self) -> None:
+        self.runner.hooks.append(self.on_gap)
+
+    def on_gap(self, name: str, start_us: int, end_us: int) -> None:
+        self._queue.put_nowait(Gap(name, start_us, end_us))
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._worker(), name="backfill")
+
+    @property
+    def idle(self) -> bool:
+        return self._queue.empty() and (self._task is None or self._task.done())
+
+    async def _worker(self) -> None:
+        ctx = ssl.create_default_context(
+            cafile=str(self.cfg.source.ca_file) if self.cfg.source.ca_file else None
+        )
+        connector = aiohttp.TCPConnector(
+            ssl=ctx if self.cfg.source.rest_base.startswith("https") else False
+        )
+        async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
+            while not self._queue.empty() and not self.runner.stopping.is_set():
+                gap = self._queue.get_nowait()
+                try:
+                    await self._heal(session, gap)
+                except Exception:
+                    log.exception("backfill of %s failed unexpectedly", gap.subscription)
+                    self._record(gap, gap.start_us, gap.end_us, "failed", error="internal error")
+                self.completed += 1
+
+    async def _heal(self, session: aiohttp.ClientSession, gap: Gap) -> None:
+        bf = self.cfg.backfill
+        sub = self.runner.subscriptions.get(gap.subscription)
+        if sub is None:
+            return
+        overlap = int(bf.overlap_seconds * 1_000_000)
+        start, end = gap.start_us - overlap, gap.end_us + overlap
+        oldest = now_us() - int(bf.max_window * 1_000_000)
+        if end <= oldest:
+            self._record(gap, start, end, "unrecoverable", error="older than backfill.max_window")
+            return
+        if start < oldest:
+            self._record(
+                gap, start, oldest, "unrecoverable", error="older than backfill.max_window"
+            )
+            start = oldest
+        try:
+            fetched = await self._fetch(session, dict(sub.query), start, end)
+        except RestRefused as exc:
+            self._record(gap, start, end, "refused", error=str(exc))
+            return
+        except (RestUnavailable, aiohttp.ClientError, TimeoutError) as exc:
+            self._record(gap, start, end, "failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        wanted = [o for o in fetched if isinstance(o, dict) and _in_window(o, start, end)]
+        wanted = [o for o in wanted if matches(dict(sub.query), o)]
+        await self.runner.flush_barrier()
+        have = await asyncio.to_thread(self._landed_identities, gap.subscription, start, end)
+        have |= self.runner.spooled_identities(gap.subscription)
+        fresh: list[dict[str, Any]] = []
+        for obs in wanted:
+            ident = identity(obs)
+            if ident is not None and ident not in have:
+                have.add(ident)
+                fresh.append(obs)
+        for i in range(0, len(fresh), CHUNK):
+            chunk = fresh[i : i + CHUNK]
+            payload = msgspec.json.encode({"observations": chunk})
+            meta = {"sub": gap.subscription, "id": None, "origin": "backfill", "n": len(chunk)}
+            if not self.runner.ingest(DATA, meta, payload, len(chunk), now_us(), gap.subscription):
+                self._record(gap, start, end, "failed", error="spool full during backfill")
+                return
+        self.runner.totals.backfilled += len(fresh)
+        log.info(
+            "backfilled %s %s..%s: %d fetched, %d matched, %d new",
+            gap.subscription,
+            format_us(start),
+            format_us(end),
+            len(fetched),
+            len(wanted),
+            len(fresh),
+        )
+        self._record(
+            gap, start, end, "ok", fetched=len(fetched), matched=len(wanted), rows=len(fresh)
+        )
+
+    def _record(self, gap: Gap, start: int, end: int, outcome: str, **fields: Any) -> None:
+        if outcome != "ok":
+            log.warning("backfill of %s: %s (%s)", gap.subscription, outcome, fields.get("error"))
+        self.runner.record(
+            ledger.event(
+                ledger.BACKFILL,
+                gap.subscription,
+                now_us(),
+                start=start,
+                end=end,
+                gap_start=format_us(gap.start_us),
+                gap_end=format_us(gap.end_us),
+                outcome=outcome,
+                **fields,
+            )
+        )
+
+    async def _fetch(
+        self, session: aiohttp.ClientSession, query: dict[str, Any], start: int, end: int
+    ) -> list[Any]:
+        src = self.cfg.source
+        url = (
+            f"{src.rest_base}/api/gotham/v1/observations/history/"
+            f"{src.observation_spec_id}/search?preview=true"
+        )
+        body: dict[str, Any] = {
+            "query": query,
+            "historyWindow": {"start": format_us(start), "end": format_us(end)},
+            "pageSize": self.cfg.backfill.page_size,
+        }
+        out: list[Any] = []
+        while True:
+            page = await self._page(session, url, body)
+            for item in page.get("data") or []:
+                if isinstance(item, dict):
+                    out.extend(item.get("observations") or [])
+            token = page.get("nextPageToken")
+            if not token:
+                return out
+            body["pageToken"] = token
+
+    async def _page(self, session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> Any:
+        async for attempt in AsyncRetrying(
+            stop=stop_after_delay(120),
+            wait=_RetryAfter(),
+            retry=retry_if_exception_type((RestUnavailable, aiohttp.ClientConnectionError)),
+            reraise=True,
+        ):
+            with attempt:
+                token = self.cfg.source.token.load()
+                headers = {"Authorization": f"Bearer {token.reveal()}"}
+                timeout = aiohttp.ClientTimeout(total=60)
+                async with session.post(url, json=body, headers=headers, timeout=timeout) as resp:
+                    if resp.status in (429, 500, 502, 503, 504):
+                        raise RestUnavailable(
+                            f"HTTP {resp.status} from history search", _retry_after(resp)
+                        )
+                    if resp.status >= 400:
+                        raise RestRefused(f"HTTP {resp.status}: {await _error_name(resp)}")
+                    return await resp.json(loads=msgspec.json.decode)
+        raise AssertionError("unreachable")
+
+    def _landed_identities(self, name: str, start: int, end: int) -> set[Identity]:
+        """Identities of rows of this subscription already in the sink, within [start, end]."""
+        sink = self.runner.sink
+        spec = self.cfg.source.observation_spec_id
+        found: set[Identity] = set()
+        hour = start // 3_600_000_000 * 3_600_000_000
+        while hour <= end:
+            stamp = format_us(hour)
+            directory = layout.partition_dir(spec, stamp[:10], int(stamp[11:13]))
+            for path in sink.list(directory):
+                if not path.endswith(".parquet"):
+                    continue
+                with sink.fs.open(sink.path(path), "rb") as fh:
+                    table = pq.read_table(fh, columns=[*_IDENTITY_COLUMNS, "subscription"])
+                table = table.filter(pc.equal(table["subscription"], name))
+                found.update(_identities(table.to_pydict()))
+            hour += 3_600_000_000
+        return found
+
+
+_IDENTITY_COLUMNS = (
+    "source_system_id",
+    "collection_id",
+    "observation_spec_id",
+    "track_id",
+    "timestamp",
+)
+
+
+def _identities(columns: dict[str, list[Any]]) -> Iterable[Identity]:
+    epoch_us = _epoch_us
+    for s, c, o, t, ts in zip(*(columns[k] for k in _IDENTITY_COLUMNS), strict=True):
+        yield (s, c, o, t, epoch_us(ts))
+
+
+def _epoch_us(value: Any) -> int:
+    if isinstance(value, int):
+        return value
+    # Integer arithmetic: float seconds would round some microseconds away.
+    return int(value.replace(microsecond=0).timestamp()) * 1_000_000 + int(value.microsecond)
+
+
+def identity(obs: dict[str, Any]) -> Identity | None:
+    ts = obs.get("timestamp")
+    at = parse_timestamp_us(ts) if isinstance(ts, str) else None
+    keys = (
+        obs.get("sourceSystemId"),
+        obs.get("collectionId"),
+        obs.get("observationSpecId"),
+        obs.get("trackId"),
+    )
+    if at is None or not all(isinstance(k, str) for k in keys):
+        return None
+    return (str(keys[0]), str(keys[1]), str(keys[2]), str(keys[3]), at)
+
+
+def _in_window(obs: dict[str, Any], start: int, end: int) -> bool:
+    ts = obs.get("timestamp")
+    at = parse_timestamp_us(ts) if isinstance(ts, str) else None
+    return at is not None and start <= at <= end
+
+
+def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
+    try:
+        return float(resp.headers.get("Retry-After", ""))
+    except ValueError:
+        return None
+
+
+async def _error_name(resp: aiohttp.ClientResponse) -> str:
+    try:
+        body = await resp.json(content_type=None)
+    except (ValueError, aiohttp.ContentTypeError):
+        return "no JSON body"
+    if isinstance(body, dict):
+        return str(body.get("errorName") or body.get("errorCode") or body)[:200]
+    return str(body)[:200]
+
+
+class _RetryAfter(wait_exponential_jitter):
+    """Exponential backoff with jitter, but never shorter than the server's Retry-After."""
+
+    def __init__(self) -> None:
+        super().__init__(initial=0.5, max=30.0)
+
+    def __call__(self, retry_state: Any) -> float:
+        base: float = super().__call__(retry_state)
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        if isinstance(exc, RestUnavailable) and exc.retry_after is not None:
+            return max(base, exc.retry_after)
+        return base

@@ -1,0 +1,5 @@
+import sys
+
+from connector.simulator.cli import main
+
+sys.exit(main())
