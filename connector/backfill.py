@@ -37,7 +37,9 @@ from connector.timeparse import format_us, parse_timestamp_us
 log = logging.getLogger(__name__)
 
 Identity = tuple[str, str, str, str, int]
-CHUNK = 1000  # observations per spooled backfill record
+CHUNK = 200  # observations per spooled backfill record: small, to fit a nearly full spool
+RETRY_SECONDS = 30.0
+SPOOL_WAIT_SECONDS = 60.0
 
 
 class RestRefused(Exception):
@@ -88,36 +90,48 @@ class Backfiller:
             while not self._queue.empty() and not self.runner.stopping.is_set():
                 gap = self._queue.get_nowait()
                 try:
-                    await self._heal(session, gap)
+                    done = await self._heal(session, gap)
                 except Exception:
                     log.exception("backfill of %s failed unexpectedly", gap.subscription)
                     self._record(gap, gap.start_us, gap.end_us, "failed", error="internal error")
-                self.completed += 1
+                    done = False
+                if self.runner.stopping.is_set():
+                    return  # the gap stays pending in the checkpoint for the next start
+                if done:
+                    self.runner.gap_done(gap.subscription, gap.start_us, gap.end_us)
+                    self.completed += 1
+                else:
+                    # Transient failure: try again later; max_window turns it unrecoverable.
+                    asyncio.get_running_loop().call_later(
+                        RETRY_SECONDS, self.on_gap, gap.subscription, gap.start_us, gap.end_us
+                    )
 
-    async def _heal(self, session: aiohttp.ClientSession, gap: Gap) -> None:
+    async def _heal(self, session: aiohttp.ClientSession, gap: Gap) -> bool:
+        """True when the gap is settled (healed, refused or unrecoverable); False to retry."""
         bf = self.cfg.backfill
         sub = self.runner.subscriptions.get(gap.subscription)
         if sub is None:
-            return
+            return True
         overlap = int(bf.overlap_seconds * 1_000_000)
         start, end = gap.start_us - overlap, gap.end_us + overlap
         oldest = now_us() - int(bf.max_window * 1_000_000)
         if end <= oldest:
             self._record(gap, start, end, "unrecoverable", error="older than backfill.max_window")
-            return
+            return True
         if start < oldest:
             self._record(
                 gap, start, oldest, "unrecoverable", error="older than backfill.max_window"
             )
             start = oldest
         try:
-            fetched = await self._fetch(session, dict(sub.query), start, end)
+            query = dict(sub.query) if self.cfg.backfill.tracks == "subscription" else {}
+            fetched = await self._fetch(session, query, start, end)
         except RestRefused as exc:
             self._record(gap, start, end, "refused", error=str(exc))
-            return
+            return True
         except (RestUnavailable, aiohttp.ClientError, TimeoutError) as exc:
             self._record(gap, start, end, "failed", error=f"{type(exc).__name__}: {exc}")
-            return
+            return False
         wanted = [o for o in fetched if isinstance(o, dict) and _in_window(o, start, end)]
         wanted = [o for o in wanted if matches(dict(sub.query), o)]
         await self.runner.flush_barrier()
@@ -133,9 +147,9 @@ class Backfiller:
             chunk = fresh[i : i + CHUNK]
             payload = msgspec.json.encode({"observations": chunk})
             meta = {"sub": gap.subscription, "id": None, "origin": "backfill", "n": len(chunk)}
-            if not self.runner.ingest(DATA, meta, payload, len(chunk), now_us(), gap.subscription):
+            if not await self._ingest(meta, payload, len(chunk)):
                 self._record(gap, start, end, "failed", error="spool full during backfill")
-                return
+                return False
         self.runner.totals.backfilled += len(fresh)
         log.info(
             "backfilled %s %s..%s: %d fetched, %d matched, %d new",
@@ -149,6 +163,17 @@ class Backfiller:
         self._record(
             gap, start, end, "ok", fetched=len(fetched), matched=len(wanted), rows=len(fresh)
         )
+        return True
+
+    async def _ingest(self, meta: dict[str, Any], payload: bytes, rows: int) -> bool:
+        """Spool a backfill chunk, waiting (bounded) for committed cuts to free spool space."""
+        deadline = asyncio.get_running_loop().time() + SPOOL_WAIT_SECONDS
+        while not self.runner.ingest(DATA, meta, payload, rows, now_us(), None):
+            if asyncio.get_running_loop().time() > deadline or self.runner.stopping.is_set():
+                return False
+            await self.runner.flush_barrier()
+            await asyncio.sleep(0.2)
+        return True
 
     def _record(self, gap: Gap, start: int, end: int, outcome: str, **fields: Any) -> None:
         if outcome != "ok":

@@ -47,16 +47,20 @@ class CheckpointStore:
         return cp
 
     def save(self, cp: Checkpoint) -> None:
+        self.write(self.encode(cp))
+
+    @staticmethod
+    def encode(cp: Checkpoint) -> bytes:
+        """Snapshot on the caller's thread, so a writer thread never sees a dict mid-change."""
+        return json.dumps(asdict(cp), indent=1, sort_keys=True).encode()
+
+    def write(self, data: bytes) -> None:
         tmp = self.dir / f".checkpoint.{uuid.uuid4().hex}.tmp"
-        try:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(asdict(cp), fh, indent=1, sort_keys=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
         fd = os.open(self.dir, os.O_RDONLY)
         try:
             os.fsync(fd)

@@ -102,7 +102,10 @@ class BackfillConfig:
     max_window: float = 24 * 3600.0
     page_size: int = 100
     overlap_seconds: float = 5.0
-    identity_index_size: int = 2_000_000
+    # "all": page every track in the window and filter locally (complete: the REST query selects
+    # tracks by their latest point, so a track that left the polygon would be missed).
+    # "subscription": send the subscription's query (less traffic, may miss such tracks).
+    tracks: str = "all"
 
 
 @dataclass(frozen=True)
@@ -256,9 +259,11 @@ def parse_config(data: Mapping[str, Any], base: Path = Path()) -> Config:
             "max_window": "duration (seconds or '90s', '15m', '6h', '1d')",
             "page_size": "positive integer",
             "overlap_seconds": "non-negative number",
-            "identity_index_size": "positive integer",
+            "tracks": "string",
         },
     )
+    if backfill.tracks not in ("all", "subscription"):
+        problems.append(("backfill.tracks", "expected one of all, subscription"))
     if backfill.page_size > 100:
         problems.append(("backfill.page_size", "the API serves at most 100 per page"))
     log = _section(

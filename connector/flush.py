@@ -14,7 +14,7 @@ import msgspec
 from connector import layout, parquet
 from connector.records import Columns, FrameMeta, Rejected
 from connector.sink import Sink
-from connector.spool import DATA, DEAD, Spool
+from connector.spool import DATA, DEAD, LEDGER, Spool
 
 
 @dataclass
@@ -60,12 +60,15 @@ def flush_cut(
                     rec.payload,
                 )
             )
+        elif rec.kind == LEDGER:
+            ledger.append(rec.payload)
     stem = layout.file_stem(settings.writer_id, first, last)
     result = FlushResult(rejected=len(columns.rejected))
     table = columns.to_table()
+    counts = table.group_by("subscription").aggregate([("seq", "count")])
+    # By name: the column order of aggregate() output differs between pyarrow versions.
     for sub, count in zip(
-        *table.group_by("subscription").aggregate([("seq", "count")]).to_pydict().values(),
-        strict=True,
+        counts["subscription"].to_pylist(), counts["seq_count"].to_pylist(), strict=True
     ):
         result.rows_by_subscription[sub] = count
     for directory, part in layout.split(table):

@@ -38,6 +38,7 @@ from connector.records import observation_to_row
 from connector.sink import Sink
 from connector.source import HandshakeFailed, open_stream
 from connector.spool import DATA, DEAD, LEDGER, Spool, SpoolFull
+from connector.timeparse import format_us
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class Runner:
         self._spool_gaps: dict[str, int] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._committed = asyncio.Event()  # pulsed after each checkpoint save
+        self._save_lock = asyncio.Lock()
         self._stop_requested_at: float | None = None
         self.subscriptions: dict[str, Subscription] = {s.name: s for s in cfg.subscriptions}
         self.hooks: list[Any] = []  # backfill and metrics plug in here (on_gap)
@@ -129,6 +131,10 @@ class Runner:
             rows = int(rec.meta.get("n", 0)) if rec.kind == DATA else 0
             self._account(rec.seq, rows, rec.size)
         self._start_gaps(max(recovered.last_received_us, int(cp.totals.get("last_seen_us", 0))))
+        for name, state in cp.subscriptions.items():
+            for start, end in list(state.get("pending_gaps", [])):
+                for hook in self.hooks:
+                    hook(name, start, end)
         self._tasks = [
             asyncio.create_task(self._flush_worker(), name="flush"),
             asyncio.create_task(self._timer(), name="timer"),
@@ -172,8 +178,13 @@ class Runner:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._spool.close()
         self._cp.totals["last_seen_us"] = now_us()
-        await asyncio.to_thread(self._store.save, self._cp)
+        await self._save_checkpoint()
         log.info("stopped: %s", asdict(self.totals))
+
+    async def _save_checkpoint(self) -> None:
+        snapshot = self._store.encode(self._cp)
+        async with self._save_lock:
+            await asyncio.to_thread(self._store.write, snapshot)
 
     def _fail(self, exc: ConnectorError) -> None:
         if self._fatal is None:
@@ -320,8 +331,12 @@ class Runner:
     def _on_subscribed(self, event: Subscribed, at: int) -> None:
         log.info("subscribed %s -> %s", event.name, event.id)
         state = self._cp.subscriptions.setdefault(event.name, {})
+        first_time = not state.get("accepted")
         state["accepted"] = True
         gap_from = state.pop("gap_from_us", None)
+        if first_time:
+            # Persist at once: after a SIGKILL the next start must know this one was streaming.
+            self._background(self._save_checkpoint())
         self.record(ledger.event(ledger.STREAM_STARTED, event.name, at, id=event.id))
         if gap_from is not None:
             self.on_gap(event.name, gap_from, at, "disconnected")
@@ -336,7 +351,11 @@ class Runner:
             return
         log.error("subscription %s refused on resubscribe: %s; retrying", event.name, detail)
         self.record(ledger.event(ledger.SUBSCRIBE_REJECTED, event.name, at, errors=event.errors))
-        self._tasks.append(asyncio.create_task(self._resubscribe_later(event.name)))
+        self._background(self._resubscribe_later(event.name))
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.append(task)
 
     async def _resubscribe_later(self, name: str) -> None:
         ws = self._ws
@@ -361,10 +380,10 @@ class Runner:
             return False
         if self.cfg.state.fsync_seconds == 0:
             self._spool.sync()
+        self._account(seq, rows, len(payload))
         if sub is not None and sub in self._spool_gaps:
             start = self._spool_gaps.pop(sub)
             self.on_gap(sub, start, at, "spool_full")
-        self._account(seq, rows, len(payload))
         return True
 
     def record(self, item: dict[str, Any]) -> None:
@@ -375,12 +394,26 @@ class Runner:
         self._account(seq, 0, len(payload))
 
     def on_gap(self, name: str, start_us: int, end_us: int, reason: str) -> None:
-        log.warning("gap in %s from %d to %d (%s)", name, start_us, end_us, reason)
+        log.warning(
+            "gap in %s from %s to %s (%s)", name, format_us(start_us), format_us(end_us), reason
+        )
         self.record(
             ledger.event(ledger.GAP, name, end_us, start=start_us, end=end_us, reason=reason)
         )
+        if self.hooks:
+            # Kept in the checkpoint until healed: a kill mid-backfill retries it on the next start.
+            state = self._cp.subscriptions.setdefault(name, {})
+            state.setdefault("pending_gaps", []).append([start_us, end_us])
+            self._background(self._save_checkpoint())
         for hook in self.hooks:
             hook(name, start_us, end_us)
+
+    def gap_done(self, name: str, start_us: int, end_us: int) -> None:
+        """A backfill finished (whatever its outcome, which the ledger holds): forget the gap."""
+        pending = self._cp.subscriptions.get(name, {}).get("pending_gaps", [])
+        if [start_us, end_us] in pending:
+            pending.remove([start_us, end_us])
+            self._background(self._save_checkpoint())
 
     async def flush_barrier(self) -> None:
         """Return once everything spooled before the call is visible in the sink."""
@@ -482,7 +515,7 @@ class Runner:
                 )
             self._cp.committed_seq = cut.last
             self._cp.totals["last_seen_us"] = self._last_frame_us
-            await asyncio.to_thread(self._store.save, self._cp)
+            await self._save_checkpoint()
             self._spool.release(cut.last)
             self._committed.set()
 

@@ -21,6 +21,7 @@ ACTIONS = (
     "rest_status",
     "pause",
     "resume",
+    "set_token",
 )
 REST_STATUSES = (401, 429, 503)
 
@@ -40,6 +41,8 @@ def check_action(action: object) -> dict[str, Any]:
         _number(action, "count")
         if not isinstance(action.get("error", "SubscriptionRejected"), str):
             raise ValueError("error must be a string")
+    if name == "set_token" and not (isinstance(action.get("token"), str) and action["token"]):
+        raise ValueError("token must be a non-empty string")
     if name == "rest_status":
         _number(action, "count", default=1)
         if action.get("status") not in REST_STATUSES:

@@ -58,6 +58,7 @@ class Simulator:
         self.sent_total = 0
         self.messages_sent = 0
         self.rest_calls = 0
+        self._rest: RestApi | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -73,6 +74,7 @@ class Simulator:
             faults=self.faults,
             counted=self._count_rest,
         )
+        self._rest = rest
         app.router.add_post(HISTORY_PATH, rest.history_search)
         app.router.add_post(LATEST_PATH, rest.latest_search)
         app.router.add_post("/_sim/control", self._control_handler)
@@ -175,6 +177,11 @@ class Simulator:
                 conn.send_raw(self._orphan_data(conn.spec))
         elif name == "large":
             self._spawn(self._send_large(int(action["bytes"])))
+        elif name == "set_token":
+            # Secret rotation: new handshakes and REST calls need the new token from now on.
+            self.options.token = str(action["token"])
+            if self._rest is not None:
+                self._rest.token = self.options.token
 
     def _orphan_data(self, spec: str) -> str:
         # A plausible observation that is not in history, so landing it is detectably wrong.

@@ -87,7 +87,11 @@ class Deployment:
             lines.append(f"[{name}]")
             lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
         for name, query in self.subscriptions.items():
-            lines += ["[[subscriptions]]", f"name = {json.dumps(name)}", f"query = {toml_value(query)}"]
+            lines += [
+                "[[subscriptions]]",
+                f"name = {json.dumps(name)}",
+                f"query = {toml_value(query)}",
+            ]
         self.config.write_text("\n".join(lines) + "\n")
         return self.config
 
@@ -157,9 +161,7 @@ def identity(obs: dict[str, Any]) -> tuple[str, ...]:
 
 
 def landed_observations(dep: Deployment, subscription: str) -> list[dict[str, Any]]:
-    return [
-        row_to_observation(row) for row in dep.rows(f"subscription = '{subscription}'")
-    ]
+    return [row_to_observation(row) for row in dep.rows(f"subscription = '{subscription}'")]
 
 
 def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.1) -> None:

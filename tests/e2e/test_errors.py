@@ -36,7 +36,9 @@ def test_validate_reports_every_problem_with_its_key(deployment: Deployment) -> 
 def test_run_refuses_an_invalid_config_before_connecting(
     deployment: Deployment, sim: SimulatorThread
 ) -> None:
-    deployment.subscriptions["dc"] = {"time": {"start": "2024-02-01T00:00:00Z", "end": "2024-01-01T00:00:00Z"}}
+    deployment.subscriptions["dc"] = {
+        "time": {"start": "2024-02-01T00:00:00Z", "end": "2024-01-01T00:00:00Z"}
+    }
     proc = deployment.start()
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 2
@@ -128,7 +130,9 @@ def test_bad_frames_are_counted_kept_aside_and_nothing_else_is_lost(
     assert len(deployment.rows()) == sent
 
 
-def test_token_never_reaches_state_logs_or_argv(deployment: Deployment, sim: SimulatorThread) -> None:
+def test_token_never_reaches_state_logs_or_argv(
+    deployment: Deployment, sim: SimulatorThread
+) -> None:
     token_file = deployment.root / "token"
     token_file.write_text(TOKEN + "\n")
     deployment.env = {}

@@ -44,7 +44,9 @@ def test_lands_every_observation_sent_field_by_field(
     assert TOKEN not in err
 
 
-def test_files_are_partitioned_sorted_and_typed(deployment: Deployment, sim: SimulatorThread) -> None:
+def test_files_are_partitioned_sorted_and_typed(
+    deployment: Deployment, sim: SimulatorThread
+) -> None:
     proc = deployment.start()
     wait_for(lambda: len(sim.stats()["subscriptions"]) == 2)
     time.sleep(2)
