@@ -24,7 +24,7 @@ from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
     stop_after_delay,
-    wait_exponential_jitter,
+    wait_random_exponential,
 )
 
 from connector import layout, ledger
@@ -316,11 +316,11 @@ async def _error_name(resp: aiohttp.ClientResponse) -> str:
     return str(body)[:200]
 
 
-class _RetryAfter(wait_exponential_jitter):
+class _RetryAfter(wait_random_exponential):
     """Exponential backoff with jitter, but never shorter than the server's Retry-After."""
 
     def __init__(self) -> None:
-        super().__init__(initial=0.5, max=30.0)
+        super().__init__(multiplier=0.5, max=30.0)
 
     def __call__(self, retry_state: Any) -> float:
         base: float = super().__call__(retry_state)

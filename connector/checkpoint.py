@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -12,6 +13,7 @@ from typing import Any
 from connector.errors import ConfigError
 
 VERSION = 1
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,10 +38,16 @@ class CheckpointStore:
             data = json.loads(self.path.read_text(encoding="utf-8"))
             data = _migrate(data)
             cp = Checkpoint(**data)
-            prefix, _, suffix = cp.writer_id.rpartition("-")
+            prefix = cp.writer_id.rpartition("-")[0]
             if writer_id is not None and prefix != writer_id:
-                # A renamed writer keeps its random suffix: names stay unique.
-                cp.writer_id = f"{writer_id}-{suffix}"
+                # Replays must rewrite the very names a crash may have left: the id of a state
+                # dir never changes. A new writer id needs a new state dir.
+                log.warning(
+                    "state.writer_id %r ignored: %s belongs to writer %s (use a new state.dir)",
+                    writer_id,
+                    self.dir,
+                    cp.writer_id,
+                )
             return cp
         # The random suffix makes names unique even if a wiped state dir restarts at seq 1.
         cp = Checkpoint(writer_id=f"{writer_id or 'w'}-{uuid.uuid4().hex[:8]}")

@@ -20,7 +20,7 @@ from tenacity import (
     before_sleep_log,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_random_exponential,
 )
 
 from connector.errors import SinkError, TransientSinkError
@@ -49,7 +49,7 @@ class Sink:
         self.local = "file" in _protocols(fs)
         self._retrying = Retrying(
             stop=stop_after_attempt(max_attempts),
-            wait=wait_exponential_jitter(initial=0.2, max=max_wait),
+            wait=wait_random_exponential(multiplier=0.2, max=max_wait),
             retry=retry_if_exception_type(TransientSinkError),
             before_sleep=before_sleep_log(log, logging.WARNING),
             reraise=True,

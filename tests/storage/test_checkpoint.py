@@ -77,10 +77,10 @@ def test_configured_writer_id_prefix(tmp_path: Path) -> None:
     assert CheckpointStore(tmp_path).load("east-1").writer_id == cp.writer_id
     # No prefix configured: the stored id stays.
     assert CheckpointStore(tmp_path).load(None).writer_id == cp.writer_id
-    # A renamed writer keeps its suffix, so its names stay unique.
-    assert CheckpointStore(tmp_path).load("west").writer_id == f"west-{suffix}"
-    # A prefix of the old prefix is a rename too, not a match.
-    assert CheckpointStore(tmp_path).load("east").writer_id == f"east-{suffix}"
+    # A state dir keeps its writer id: replays must rewrite the names a crash left behind.
+    assert CheckpointStore(tmp_path).load("west").writer_id == cp.writer_id
+    assert CheckpointStore(tmp_path).load("east").writer_id == cp.writer_id
+    assert suffix
 
 
 def test_newer_version_refuses_to_load(tmp_path: Path) -> None:

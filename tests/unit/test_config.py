@@ -1,0 +1,367 @@
+"""Config loading: the contract TOML loads; every problem is reported at once with its key."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from connector.config import COMPRESSIONS, Config, load_config
+from connector.errors import ConfigError
+from connector.secret import RedactFilter, Secret, TokenSource
+
+SEED_POLYGON = """[
+  {longitude = -77.05974824713265, latitude = 38.903335277742656},
+  {longitude = -77.06011742685993, latitude = 38.905195387105344},
+  {longitude = -77.0628268311872, latitude = 38.905175909773085},
+  {longitude = -77.06130631105295, latitude = 38.90278989613124},
+  {longitude = -77.05974824713265, latitude = 38.903335277742656},
+]"""
+
+VALID = f"""
+[source]
+url = "wss://gotham.example.com"
+observation_spec_id = "baz"
+path = "/api/ws/gotham/v1/observations/{{observation_spec_id}}"
+token_env = "GOTHAM_TOKEN"
+
+[[subscriptions]]
+name = "dc"
+query = {{ location = {SEED_POLYGON} }}
+
+[batch]
+max_rows = 50000
+max_bytes = 67108864
+max_seconds = 60.0
+
+[sink]
+url = "./landing"
+storage_options = {{ }}
+compression = "zstd"
+
+[state]
+dir = "./state"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "connector.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def load(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> Config:
+    return load_config(write(tmp_path, text), environ or {})
+
+
+def problems(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> dict[str, str]:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, text, environ)
+    assert info.value.exit_code == 2
+    return dict(info.value.problems)
+
+
+def test_contract_config_loads(tmp_path: Path) -> None:
+    cfg = load(tmp_path, VALID)
+    assert cfg.source.url == "wss://gotham.example.com"
+    assert cfg.source.observation_spec_id == "baz"
+    assert cfg.source.ws_url == (
+        "wss://gotham.example.com/api/ws/gotham/v1/observations/baz?preview=true"
+    )
+    assert cfg.source.rest_base == "https://gotham.example.com"
+    assert cfg.source.token == TokenSource(env="GOTHAM_TOKEN")
+    [sub] = cfg.subscriptions
+    assert sub.name == "dc"
+    assert len(sub.query["location"]) == 5
+    assert sub.query["location"][0] == {
+        "longitude": -77.05974824713265,
+        "latitude": 38.903335277742656,
+    }
+    assert (cfg.batch.max_rows, cfg.batch.max_bytes, cfg.batch.max_seconds) == (
+        50000,
+        67108864,
+        60.0,
+    )
+    assert cfg.sink.url == "./landing"
+    assert dict(cfg.sink.storage_options) == {}
+    assert cfg.sink.compression == "zstd"
+    assert cfg.state.dir == Path("state")
+
+
+def test_every_problem_is_reported_at_once_with_its_key(tmp_path: Path) -> None:
+    text = """
+[source]
+url = "https://not-a-websocket.example.com"
+colour = "blue"
+ping_interval = "often"
+
+[[subscriptions]]
+name = "has space"
+query = {}
+
+[[subscriptions]]
+name = "ok"
+query = {}
+
+[[subscriptions]]
+name = "ok"
+query = {}
+
+[batch]
+max_rows = 0
+max_bytes = "lots"
+
+[sink]
+compression = "lz5"
+
+[surprise]
+x = 1
+"""
+    found = problems(tmp_path, text)
+    assert found["source.url"].startswith("expected ws://host[:port] or wss://")
+    assert found["source.observation_spec_id"] == "is required"
+    assert found["source.colour"] == "unknown key"
+    assert found["source.ping_interval"] == "expected positive number, got str 'often'"
+    assert found["subscriptions[0] (has space).name"] == "'has space' must match [A-Za-z0-9_-]+"
+    assert found["subscriptions[2] (ok).name"] == "'ok' is used twice"
+    assert found["batch.max_rows"] == "expected positive integer, got int 0"
+    assert found["batch.max_bytes"] == "expected positive integer, got str 'lots'"
+    assert found["sink.compression"] == (f"expected one of {', '.join(COMPRESSIONS)}, got 'lz5'")
+    assert found["sink.compression"].startswith("expected one of zstd, snappy, gzip, none")
+    assert found["surprise"].startswith("unknown section")
+    assert len(found) == 10
+
+
+def test_the_message_names_every_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, VALID.replace('compression = "zstd"', 'compression = "brotli"'))
+    assert "sink.compression: expected one of zstd, snappy, gzip, none" in str(info.value)
+
+
+def test_missing_everything(tmp_path: Path) -> None:
+    found = problems(tmp_path, "")
+    assert found == {
+        "source.url": "is required",
+        "source.observation_spec_id": "is required",
+        "subscriptions": "at least one [[subscriptions]] entry is required",
+    }
+
+
+def test_subscription_needs_name_and_query(tmp_path: Path) -> None:
+    text = VALID + "\n[[subscriptions]]\nextra = 1\n"
+    found = problems(tmp_path, text)
+    assert found["subscriptions[1].name"] == "is required"
+    assert found["subscriptions[1].query"] == "is required"
+    assert found["subscriptions[1].extra"] == "unknown key"
+
+
+def sub_problems(tmp_path: Path, query: str) -> list[str]:
+    text = VALID.replace(f"query = {{ location = {SEED_POLYGON} }}", f"query = {query}")
+    assert text != VALID
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, text)
+    keys = {key for key, _ in info.value.problems}
+    assert keys == {"subscriptions[0] (dc).query"}
+    return [msg for _, msg in info.value.problems]
+
+
+def poly(*points: tuple[float, float]) -> str:
+    inner = ", ".join(f"{{longitude = {lon}, latitude = {lat}}}" for lon, lat in points)
+    return f"{{ location = [{inner}] }}"
+
+
+CCW = [(0, 0), (1, 0), (1, 1), (0, 1), (0, 0)]
+
+
+def test_query_polygon_not_closed(tmp_path: Path) -> None:
+    assert sub_problems(tmp_path, poly(*CCW[:-1], (0, 0.5))) == [
+        "location polygon is not closed (first point must equal last point)"
+    ]
+
+
+def test_query_polygon_too_few_points(tmp_path: Path) -> None:
+    assert sub_problems(tmp_path, poly((0, 0), (1, 0), (0, 0))) == [
+        "location needs at least 4 points including the closing one, got 3"
+    ]
+
+
+def test_query_polygon_clockwise(tmp_path: Path) -> None:
+    assert sub_problems(tmp_path, poly(*reversed(CCW))) == [
+        "location polygon must be listed counter-clockwise"
+    ]
+
+
+def test_query_seed_polygon_verbatim_is_clockwise(tmp_path: Path) -> None:
+    seed = (
+        (-77.05974824713265, 38.903335277742656),
+        (-77.06130631105295, 38.90278989613124),
+        (-77.0628268311872, 38.905175909773085),
+        (-77.06011742685993, 38.905195387105344),
+        (-77.05974824713265, 38.903335277742656),
+    )
+    assert sub_problems(tmp_path, poly(*seed)) == [
+        "location polygon must be listed counter-clockwise"
+    ]
+
+
+def test_query_coordinates_out_of_range(tmp_path: Path) -> None:
+    found = sub_problems(tmp_path, poly((0, 0), (181, 0), (1, 91), (0, 0)))
+    assert found == [
+        "location[1].longitude 181.0 is outside [-180, 180]",
+        "location[2].latitude 91.0 is outside [-90, 90]",
+    ]
+
+
+def test_query_time_start_after_end(tmp_path: Path) -> None:
+    query = '{ time = { start = "2024-06-25T00:00:00Z", end = "2024-06-24T00:00:00Z" } }'
+    assert sub_problems(tmp_path, query) == ["time.start is after time.end"]
+
+
+def test_query_time_not_iso(tmp_path: Path) -> None:
+    query = '{ time = { start = "yesterday", end = "2024-06-24T00:00:00" } }'
+    assert sub_problems(tmp_path, query) == [
+        "time.start 'yesterday' is not an ISO-8601 UTC timestamp (…Z)",
+        "time.end '2024-06-24T00:00:00' is not an ISO-8601 UTC timestamp (…Z)",
+    ]
+
+
+def test_query_property_without_name_or_values(tmp_path: Path) -> None:
+    assert sub_problems(tmp_path, "{ property = { values = [] } }") == [
+        "property.property must be a non-empty string",
+        "property.values must be a non-empty list",
+    ]
+
+
+def test_query_unknown_key(tmp_path: Path) -> None:
+    assert sub_problems(tmp_path, "{ bbox = 1 }") == [
+        "unknown key 'bbox' (expected time, location, property)"
+    ]
+
+
+def test_reconnect_bounds_must_be_ordered(tmp_path: Path) -> None:
+    text = VALID.replace(
+        'token_env = "GOTHAM_TOKEN"',
+        'token_env = "GOTHAM_TOKEN"\nreconnect_min_seconds = 60\nreconnect_max_seconds = 5',
+    )
+    assert problems(tmp_path, text) == {
+        "source.reconnect_max_seconds": "must be at least source.reconnect_min_seconds"
+    }
+
+
+def test_env_overrides_a_key(tmp_path: Path) -> None:
+    cfg = load(
+        tmp_path,
+        VALID,
+        {
+            "GOTHAM_CONNECTOR__SINK__URL": "s3://bucket/landing",
+            "GOTHAM_CONNECTOR__BATCH__MAX_ROWS": "10",
+            "GOTHAM_CONNECTOR__SINK__STORAGE_OPTIONS": "{ anon = true }",
+            "UNRELATED__SINK__URL": "ignored",
+        },
+    )
+    assert cfg.sink.url == "s3://bucket/landing"
+    assert cfg.batch.max_rows == 10
+    assert dict(cfg.sink.storage_options) == {"anon": True}
+
+
+def test_env_override_is_checked_like_the_file(tmp_path: Path) -> None:
+    found = problems(tmp_path, VALID, {"GOTHAM_CONNECTOR__SINK__COMPRESSION": "lz5"})
+    assert found == {"sink.compression": "expected one of zstd, snappy, gzip, none, got 'lz5'"}
+
+
+def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "missing.toml", {})
+    assert [k for k, _ in info.value.problems] == ["config"]
+    assert problems(tmp_path, "[source\n").keys() == {"config"}
+
+
+# -- the token ------------------------------------------------------------------------------------
+def test_token_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_GOTHAM_TOKEN", "  abc.DEF-123_x  ")
+    secret = TokenSource(env="TEST_GOTHAM_TOKEN").load()
+    assert secret.reveal() == "abc.DEF-123_x"
+
+
+def test_token_from_file_is_reread_on_each_load(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text("first\n", encoding="utf-8")
+    source = TokenSource(env=None, file=path)
+    assert source.load().reveal() == "first"
+    path.write_text("rotated\n", encoding="utf-8")
+    assert source.load().reveal() == "rotated"
+
+
+def test_token_file_from_config_is_relative_and_exclusive(tmp_path: Path) -> None:
+    text = VALID.replace('token_env = "GOTHAM_TOKEN"', 'token_file = "/run/secrets/t"')
+    assert load(tmp_path, text).source.token == TokenSource(env=None, file=Path("/run/secrets/t"))
+    both = VALID.replace('token_env = "GOTHAM_TOKEN"', 'token_env = "X"\ntoken_file = "t"')
+    assert problems(tmp_path, both) == {
+        "source.token_file": "give token_env or token_file, not both"
+    }
+
+
+def test_missing_token(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("TEST_GOTHAM_TOKEN", raising=False)
+    with pytest.raises(ConfigError) as info:
+        TokenSource(env="TEST_GOTHAM_TOKEN").load()
+    assert info.value.problems[0][0] == "source.token_env"
+    with pytest.raises(ConfigError) as info:
+        TokenSource(env=None, file=tmp_path / "nope").load()
+    assert info.value.problems[0][0] == "source.token_file"
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match="the token is empty"):
+        TokenSource(env=None, file=tmp_path / "empty").load()
+
+
+@pytest.mark.parametrize(
+    "token", ["secret with-space", "sécretÜ", "tab\tinside", "abcd,efgh", "wxyz/qrst"]
+)
+def test_unusable_token_is_refused_without_leaking_it(
+    token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_GOTHAM_TOKEN", token)
+    with pytest.raises(ConfigError) as info:
+        TokenSource(env="TEST_GOTHAM_TOKEN").load()
+    message = str(info.value)
+    assert "subprotocol" in message
+    assert token not in message
+    for piece in token.replace("\t", " ").replace(",", " ").replace("/", " ").split():
+        assert piece not in message
+
+
+def test_secret_never_shows_its_value() -> None:
+    secret = Secret("hunter2-token")
+    percent = "%s" % (secret,)  # noqa: UP031 (logging formats with %, so check it too)
+    for shown in (repr(secret), str(secret), f"{secret}", f"{secret!r}", percent):
+        assert "hunter2" not in shown
+    assert "hunter2" not in repr([secret, {"t": secret}])
+    assert secret.reveal() == "hunter2-token"
+    assert secret == Secret("hunter2-token") != Secret("other")
+
+
+def record(msg: str, *args: object) -> logging.LogRecord:
+    return logging.LogRecord("t", logging.INFO, __file__, 1, msg, args, None)
+
+
+def test_redact_filter_scrubs_a_log_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_GOTHAM_TOKEN", "tok-7f3a9c")
+    TokenSource(env="TEST_GOTHAM_TOKEN").load()  # loading registers the token
+    rec = record("sending header Bearer-%s to %s", "tok-7f3a9c", "host")
+    assert RedactFilter().filter(rec) is True
+    assert rec.getMessage() == "sending header Bearer-*** to host"
+    plain = record("nothing %s here", "secret-free")
+    RedactFilter().filter(plain)
+    assert plain.getMessage() == "nothing secret-free here"
+
+
+def test_redact_filter_survives_a_bad_format(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A filter is not guarded by logging: raising here would crash the logging call, and
+    # logging's own error report would print the args (the token) unscrubbed.
+    monkeypatch.setenv("TEST_GOTHAM_TOKEN", "tok-bad-fmt-1")
+    TokenSource(env="TEST_GOTHAM_TOKEN").load()
+    rec = record("%d items for %s", "tok-bad-fmt-1")
+    assert RedactFilter().filter(rec) is True
+    assert "tok-bad-fmt-1" not in rec.getMessage()
+    assert "***" in rec.getMessage()
