@@ -8,7 +8,7 @@ non-canonical timestamp spellings, property lists a map cannot represent) goes v
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +16,7 @@ import msgspec
 import pyarrow as pa
 
 from connector.schema import SCHEMA
-from connector.timeparse import format_us, parse_timestamp_ns
+from connector.timeparse import format_us, parse_canonical_us, parse_timestamp_ns
 
 _KNOWN = {
     "sourceSystemId",
@@ -67,16 +67,57 @@ class Rejected:
     index: int | None = None
 
 
-@dataclass
-class Columns:
-    """Column lists being filled; turned into one Arrow table per cut."""
+class _MapBuilder:
+    """A map column as flat keys/values plus row offsets: far cheaper than Python pairs."""
 
-    data: dict[str, list[Any]] = field(default_factory=lambda: {f.name: [] for f in SCHEMA})
-    rejected: list[Rejected] = field(default_factory=list)
+    __slots__ = ("keys", "offsets", "values")
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.values: list[bytes] = []
+        self.offsets: list[int | None] = []
+
+    def add(self, keys: list[str], values: list[bytes]) -> None:
+        self.offsets.append(len(self.keys))
+        self.keys += keys
+        self.values += values
+
+    def null(self) -> None:
+        self.offsets.append(None)
+
+    def build(self) -> pa.Array:
+        offsets = pa.array([*self.offsets, len(self.keys)], type=pa.int32())
+        return pa.MapArray.from_arrays(
+            offsets, pa.array(self.keys, pa.string()), pa.array(self.values, pa.string())
+        )
+
+
+_ABSENT = object()
+
+
+class Columns:
+    """Column builders filled observation by observation; one Arrow table per cut."""
+
+    def __init__(self) -> None:
+        self.rejected: list[Rejected] = []
+        self._source: list[str] = []
+        self._collection: list[str] = []
+        self._spec: list[str] = []
+        self._track: list[str] = []
+        self._ts: list[int] = []
+        self._lon: list[float] = []
+        self._lat: list[float] = []
+        self._elev: list[float | None] = []
+        self._name: list[str | None] = []
+        self._static = _MapBuilder()
+        self._live = _MapBuilder()
+        self._style: list[bytes | None] = []
+        self._extra: list[bytes | None] = []
+        self._runs: list[tuple[FrameMeta, int]] = []  # frame metadata, rows it added
 
     @property
     def rows(self) -> int:
-        return len(self.data["seq"])
+        return len(self._ts)
 
     def add_frame(self, meta: FrameMeta, raw: bytes) -> None:
         try:
@@ -90,10 +131,13 @@ class Columns:
             )
             return
         bad: list[tuple[int, str]] = []
+        before = len(self._ts)
+        add = self._add
         for index, obs in enumerate(observations):
-            problem = self.add_observation(meta, obs)
+            problem = add(obs)
             if problem is not None:
                 bad.append((index, problem))
+        self._runs.append((meta, len(self._ts) - before))
         if bad:
             # Only now pay for a second decode, to keep the rejected observations byte-exact.
             verbatim = msgspec.json.decode(raw, type=_DataFrame).observations
@@ -111,23 +155,100 @@ class Columns:
 
     def add_observation(self, meta: FrameMeta, obs: Any) -> str | None:
         """Append one observation; returns why it does not fit, or None."""
-        row, problem = observation_to_row(obs)
-        if row is None:
-            return problem
-        d = self.data
-        for key, value in row.items():
-            d[key].append(value)
-        d["subscription"].append(meta.subscription)
-        d["subscription_id"].append(meta.subscription_id)
-        d["origin"].append(meta.origin)
-        d["received_at"].append(meta.received_at_us)
-        d["seq"].append(meta.seq)
+        problem = self._add(obs)
+        if problem is None:
+            self._runs.append((meta, 1))
+        return problem
+
+    def _add(self, obs: Any) -> str | None:
+        # Everything that can reject is checked before the first append.
+        if type(obs) is not dict:
+            return "observation is not a JSON object"
+        get = obs.get
+        ids = (get("sourceSystemId"), get("collectionId"), get("observationSpecId"), get("trackId"))
+        for (wire, _), value in zip(_IDS, ids, strict=True):
+            if type(value) is not str:
+                return f"{wire} is missing or not a string"
+        ts = get("timestamp")
+        canonical = parse_canonical_us(ts) if type(ts) is str else None
+        if canonical is None:
+            ns = parse_timestamp_ns(ts) if isinstance(ts, str) else None
+            if ns is None:
+                return "timestamp is missing or not ISO-8601 with a zone"
+            us = ns // 1000
+        else:
+            us = canonical
+        pos = get("position")
+        if type(pos) is not dict:
+            return "position is missing or has no numeric longitude/latitude"
+        lon, lat = _float(pos.get("longitude")), _float(pos.get("latitude"))
+        if lon is None or lat is None:
+            return "position is missing or has no numeric longitude/latitude"
+
+        extra: dict[str, Any] = {}
+        if len(obs) > len(_KNOWN) or not _KNOWN.issuperset(obs):
+            extra = {k: v for k, v in obs.items() if k not in _KNOWN}
+        if canonical is None:
+            extra["timestamp"] = ts  # keep the exact spelling (and any sub-microsecond digits)
+        elevation = _float(pos.get("elevation"))
+        if len(pos) != 2 + ("elevation" in pos) or ("elevation" in pos and elevation is None):
+            extra["position"] = pos
+        name = get("name")
+        if (name is not None and type(name) is not str) or (name is None and "name" in obs):
+            extra["name"] = name
+            name = None
+        style = get("style", _ABSENT)
+
+        self._source.append(ids[0])  # type: ignore[arg-type]
+        self._collection.append(ids[1])  # type: ignore[arg-type]
+        self._spec.append(ids[2])  # type: ignore[arg-type]
+        self._track.append(ids[3])  # type: ignore[arg-type]
+        self._ts.append(us)
+        self._lon.append(lon)
+        self._lat.append(lat)
+        self._elev.append(elevation)
+        self._name.append(name)
+        _properties(self._static, get("staticProperties", _ABSENT), "staticProperties", extra)
+        _properties(self._live, get("liveProperties", _ABSENT), "liveProperties", extra)
+        self._style.append(None if style is _ABSENT else _json(style))
+        self._extra.append(_json(extra) if extra else None)
         return None
 
     def to_table(self) -> pa.Table:
-        return pa.Table.from_arrays(
-            [pa.array(self.data[f.name], type=f.type) for f in SCHEMA], schema=SCHEMA
-        )
+        meta_columns: dict[str, list[Any]] = {
+            "subscription": [],
+            "subscription_id": [],
+            "origin": [],
+            "received_at": [],
+            "seq": [],
+        }
+        for meta, count in self._runs:
+            meta_columns["subscription"] += [meta.subscription] * count
+            meta_columns["subscription_id"] += [meta.subscription_id] * count
+            meta_columns["origin"] += [meta.origin] * count
+            meta_columns["received_at"] += [meta.received_at_us] * count
+            meta_columns["seq"] += [meta.seq] * count
+        values: dict[str, Any] = {
+            "source_system_id": self._source,
+            "collection_id": self._collection,
+            "observation_spec_id": self._spec,
+            "track_id": self._track,
+            "timestamp": self._ts,
+            "longitude": self._lon,
+            "latitude": self._lat,
+            "elevation": self._elev,
+            "name": self._name,
+            "static_properties": self._static.build(),
+            "live_properties": self._live.build(),
+            "style": self._style,
+            "extra": self._extra,
+            **meta_columns,
+        }
+        arrays = [
+            v if isinstance(v, pa.Array) else pa.array(v, type=f.type)
+            for f, v in ((f, values[f.name]) for f in SCHEMA)
+        ]
+        return pa.Table.from_arrays(arrays, schema=SCHEMA)
 
 
 def _number(value: object) -> bool:
@@ -136,6 +257,8 @@ def _number(value: object) -> bool:
 
 def _float(value: object) -> float | None:
     """A JSON number as the float64 that holds it exactly, else None (huge or inexact ints)."""
+    if type(value) is float:
+        return value
     if not isinstance(value, int | float) or isinstance(value, bool):
         return None
     try:
@@ -145,74 +268,56 @@ def _float(value: object) -> float | None:
     return result if result == value else None
 
 
-def observation_to_row(obs: Any) -> tuple[dict[str, Any] | None, str]:
-    """One observation dict -> row values for the typed columns (timestamps as int us)."""
-    if not isinstance(obs, dict):
-        return None, "observation is not a JSON object"
-    row: dict[str, Any] = {}
-    for wire, column in _IDS:
-        value = obs.get(wire)
-        if not isinstance(value, str):
-            return None, f"{wire} is missing or not a string"
-        row[column] = value
-    ts = obs.get("timestamp")
-    ns = parse_timestamp_ns(ts) if isinstance(ts, str) else None
-    if ns is None:
-        return None, "timestamp is missing or not ISO-8601 with a zone"
-    pos = obs.get("position")
-    lon = _float(pos.get("longitude")) if isinstance(pos, dict) else None
-    lat = _float(pos.get("latitude")) if isinstance(pos, dict) else None
-    if not isinstance(pos, dict) or lon is None or lat is None:
-        return None, "position is missing or has no numeric longitude/latitude"
-    extra: dict[str, Any] = {k: v for k, v in obs.items() if k not in _KNOWN}
-    us = ns // 1000
-    row["timestamp"] = us
-    if format_us(us) != ts:
-        extra["timestamp"] = ts
-    row["longitude"] = lon
-    row["latitude"] = lat
-    row["elevation"] = _float(pos.get("elevation"))
-    if len(pos) != 2 + ("elevation" in pos) or ("elevation" in pos and row["elevation"] is None):
-        extra["position"] = pos
-    name = obs.get("name")
-    row["name"] = name if isinstance(name, str) else None
-    if "name" in obs and not isinstance(name, str):
-        extra["name"] = name
-    for wire, column in (
-        ("staticProperties", "static_properties"),
-        ("liveProperties", "live_properties"),
-    ):
-        row[column] = _properties(obs, wire, extra)
-    row["style"] = _json(obs["style"]).decode() if "style" in obs else None
-    row["extra"] = _json(extra).decode() if extra else None
-    return row, ""
-
-
-def _properties(
-    obs: dict[str, Any], wire: str, extra: dict[str, Any]
-) -> list[tuple[str, str]] | None:
-    if wire not in obs:
-        return None
-    fields = obs[wire]
+def _properties(builder: _MapBuilder, fields: Any, wire: str, extra: dict[str, Any]) -> None:
+    if fields is _ABSENT:
+        builder.null()
+        return
+    if type(fields) is list:
+        try:
+            keys = [f["propertyType"] for f in fields]
+            values = [_json(f["value"]) for f in fields]
+            exact = (
+                all(type(k) is str for k in keys)
+                and all(len(f) == 2 for f in fields)
+                and len(set(keys)) == len(keys)
+            )
+        except (KeyError, TypeError):
+            exact = False
+        if exact:
+            builder.add(keys, values)
+            return
+    # Not representable as a map exactly: best-effort map, original kept verbatim in `extra`.
+    extra[wire] = fields
     if not isinstance(fields, list):
-        extra[wire] = fields
-        return None
-    entries: list[tuple[str, str]] = []
-    seen: set[str] = set()
-    exact = True
+        builder.null()
+        return
+    keys, values, seen = [], [], set()
     for f in fields:
-        if not isinstance(f, dict) or not isinstance(f.get("propertyType"), str):
-            exact = False
-            continue
-        key = f["propertyType"]
-        if key in seen or len(f) != 2 or "value" not in f:
-            exact = False
-        if key not in seen:
-            seen.add(key)
-            entries.append((key, _json(f.get("value")).decode()))
-    if not exact:
-        extra[wire] = fields
-    return entries
+        if isinstance(f, dict) and isinstance(f.get("propertyType"), str):
+            key = f["propertyType"]
+            if key not in seen:
+                seen.add(key)
+                keys.append(key)
+                values.append(_json(f.get("value")))
+    builder.add(keys, values)
+
+
+def observation_to_row(obs: Any) -> tuple[dict[str, Any] | None, str]:
+    """One observation -> its typed column values (timestamps as int us), or the reason not.
+
+    For rare, per-observation uses (dedupe); bulk conversion goes through Columns.
+    """
+    columns = Columns()
+    problem = columns._add(obs)
+    if problem is not None:
+        return None, problem
+    row = (
+        columns.to_table()
+        .drop_columns(["subscription", "subscription_id", "origin", "received_at", "seq"])
+        .to_pylist()[0]
+    )
+    row["timestamp"] = columns._ts[0]
+    return row, ""
 
 
 def row_to_observation(row: dict[str, Any]) -> dict[str, Any]:

@@ -41,6 +41,37 @@ def parse_timestamp_ns(text: str) -> int | None:
     return seconds * 1_000_000_000 + int(frac.ljust(9, "0") or 0)
 
 
+_CANONICAL = re.compile(
+    r"(\d{4}-\d{2}-\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{0,5}[1-9]))?Z\Z", re.ASCII
+)
+_DAYS: dict[str, int | None] = {}
+
+
+def parse_canonical_us(text: str) -> int | None:
+    """Fast path for the canonical spelling (what format_us writes): microseconds, or None when
+    `text` is anything else (the caller then takes the general parser and keeps the spelling).
+
+    Per-observation hot path: a regex and a cached day number instead of datetime arithmetic.
+    """
+    m = _CANONICAL.match(text)
+    if m is None:
+        return None
+    date, hh, mm, ss, frac = m.groups()
+    days = _DAYS.get(date, -1)
+    if days == -1:
+        try:
+            days = (datetime.fromisoformat(date + "T00:00:00+00:00") - _EPOCH).days
+        except ValueError:
+            days = None
+        if len(_DAYS) < 10_000:
+            _DAYS[date] = days
+    hours, minutes, seconds = int(hh), int(mm), int(ss)
+    if days is None or hours > 23 or minutes > 59 or seconds > 59:
+        return None
+    micros = int(frac.ljust(6, "0")) if frac else 0
+    return ((days * 24 + hours) * 60 + minutes) * 60_000_000 + seconds * 1_000_000 + micros
+
+
 def parse_timestamp_us(text: str) -> int | None:
     ns = parse_timestamp_ns(text)
     return None if ns is None else ns // 1000
