@@ -96,7 +96,7 @@ def timed(fn: Any, frames: list[bytes], repeat: int = 3) -> float:
     return best
 
 
-def blaster(port_queue: Any, frames: list[bytes]) -> None:
+def blaster(port_queue: Any, frames: list[bytes], deflate: bool) -> None:
     from websockets.asyncio.server import serve
 
     async def handler(ws: Any) -> None:
@@ -121,7 +121,7 @@ def blaster(port_queue: Any, frames: list[bytes]) -> None:
     asyncio.run(main())
 
 
-async def pipeline(port: int, total: int, root: Path) -> dict[str, float]:
+async def pipeline(port: int, total: int, root: Path, deflate: bool) -> dict[str, float]:
     from connector.runner import Runner
 
     os.environ["BENCH_TOKEN"] = TOKEN
@@ -170,16 +170,10 @@ def main() -> None:
         f"decode+convert  connector:      {n / t_ours:>10,.0f} obs/s   ratio {t_obvious / t_ours:.2f}x"
     )
 
-    ctx = multiprocessing.get_context("spawn")
-    ports = ctx.Queue()
-    server = ctx.Process(target=blaster, args=(ports, frames), daemon=True)
-    server.start()
-    root = Path(tempfile.mkdtemp(prefix="gotham-bench-"))
-    try:
-        r = asyncio.run(pipeline(ports.get(timeout=60), n, root))
-    finally:
-        server.kill()
-        shutil.rmtree(root, ignore_errors=True)
+    results = {}
+    for deflate in (False, True):
+        results[deflate] = run_pipeline(frames, n, deflate)
+    r = results[False]
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"pipeline        received:       {n / r['received_s']:>10,.0f} obs/s (spooled)")
     print(
@@ -188,9 +182,27 @@ def main() -> None:
     print(
         f"pipeline        CPU:            {r['cpu_s'] / n * 1e6:>10.2f} CPU-s per million observations"
     )
+    d = results[True]
     print(
-        f"pipeline        peak RSS:       {rss_mib:>10.0f} MiB (this process, incl. frames held for the comparison)"
+        f"with deflate    landed:         {n / d['landed_s']:>10,.0f} obs/s   CPU {d['cpu_s'] / n * 1e6:.2f} s/M   "
+        f"cost {d['cpu_s'] / r['cpu_s']:.2f}x CPU of deflate off"
     )
+    print(
+        f"peak RSS                        {rss_mib:>10.0f} MiB (this process, incl. the frames held for the comparison)"
+    )
+
+
+def run_pipeline(frames: list[bytes], n: int, deflate: bool) -> dict[str, float]:
+    ctx = multiprocessing.get_context("spawn")
+    ports = ctx.Queue()
+    server = ctx.Process(target=blaster, args=(ports, frames, deflate), daemon=True)
+    server.start()
+    root = Path(tempfile.mkdtemp(prefix="gotham-bench-"))
+    try:
+        return asyncio.run(pipeline(ports.get(timeout=60), n, root, deflate))
+    finally:
+        server.kill()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

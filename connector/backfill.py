@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,13 +29,13 @@ from tenacity import (
 from connector import layout, ledger
 from connector.errors import Transient
 from connector.query import matches
+from connector.records import Identity, identities
 from connector.runner import Runner, now_us
 from connector.spool import DATA
 from connector.timeparse import format_us, parse_timestamp_us
 
 log = logging.getLogger(__name__)
 
-Identity = tuple[str, str, str, str, int]
 CHUNK = 200  # observations per spooled backfill record: small, to fit a nearly full spool
 RETRY_SECONDS = 30.0
 SPOOL_WAIT_SECONDS = 60.0
@@ -183,10 +182,10 @@ class Backfiller:
                 ledger.BACKFILL,
                 gap.subscription,
                 now_us(),
-                start=start,
-                end=end,
-                gap_start=format_us(gap.start_us),
-                gap_end=format_us(gap.end_us),
+                window_start=start,
+                window_end=end,
+                gap_start=gap.start_us,
+                gap_end=gap.end_us,
                 outcome=outcome,
                 **fields,
             )
@@ -252,7 +251,7 @@ class Backfiller:
                 with sink.fs.open(sink.path(path), "rb") as fh:
                     table = pq.read_table(fh, columns=[*_IDENTITY_COLUMNS, "subscription"])
                 table = table.filter(pc.equal(table["subscription"], name))
-                found.update(_identities(table.to_pydict()))
+                found |= identities(table)
             hour += 3_600_000_000
         return found
 
@@ -264,19 +263,6 @@ _IDENTITY_COLUMNS = (
     "track_id",
     "timestamp",
 )
-
-
-def _identities(columns: dict[str, list[Any]]) -> Iterable[Identity]:
-    epoch_us = _epoch_us
-    for s, c, o, t, ts in zip(*(columns[k] for k in _IDENTITY_COLUMNS), strict=True):
-        yield (s, c, o, t, epoch_us(ts))
-
-
-def _epoch_us(value: Any) -> int:
-    if isinstance(value, int):
-        return value
-    # Integer arithmetic: float seconds would round some microseconds away.
-    return int(value.replace(microsecond=0).timestamp()) * 1_000_000 + int(value.microsecond)
 
 
 def identity(obs: dict[str, Any]) -> Identity | None:

@@ -18,10 +18,16 @@ SUBSCRIBE_REJECTED = "subscribe_rejected"
 SUBSCRIPTION_ENDED = "subscription_ended"
 
 
+# Names chosen to need no quoting in SQL (`at`, `start` and `end` are keywords in DuckDB).
+_TIMES = ("gap_start", "gap_end", "window_start", "window_end")
+
+
 def event(kind: str, subscription: str, at_us: int, **fields: Any) -> dict[str, Any]:
-    item: dict[str, Any] = {"event": kind, "subscription": subscription, "at": format_us(at_us)}
+    item: dict[str, Any] = {
+        "event": kind,
+        "subscription": subscription,
+        "recorded_at": format_us(at_us),
+    }
     for key, value in fields.items():
-        item[key] = (
-            format_us(value) if key in ("start", "end") and isinstance(value, int) else value
-        )
+        item[key] = format_us(value) if key in _TIMES and isinstance(value, int) else value
     return item

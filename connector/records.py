@@ -302,22 +302,22 @@ def _properties(builder: _MapBuilder, fields: Any, wire: str, extra: dict[str, A
     builder.add(keys, values)
 
 
-def observation_to_row(obs: Any) -> tuple[dict[str, Any] | None, str]:
-    """One observation -> its typed column values (timestamps as int us), or the reason not.
+Identity = tuple[str, str, str, str, int]
 
-    For rare, per-observation uses (dedupe); bulk conversion goes through Columns.
-    """
-    columns = Columns()
-    problem = columns._add(obs)
-    if problem is not None:
-        return None, problem
-    row = (
-        columns.to_table()
-        .drop_columns(["subscription", "subscription_id", "origin", "received_at", "seq"])
-        .to_pylist()[0]
+
+def identities(table: pa.Table) -> set[Identity]:
+    """(source, collection, spec, track, timestamp in us) of every row: what dedupe compares."""
+    micros = table["timestamp"].cast(pa.int64()).to_pylist()
+    return set(
+        zip(
+            table["source_system_id"].to_pylist(),
+            table["collection_id"].to_pylist(),
+            table["observation_spec_id"].to_pylist(),
+            table["track_id"].to_pylist(),
+            micros,
+            strict=True,
+        )
     )
-    row["timestamp"] = columns._ts[0]
-    return row, ""
 
 
 def row_to_observation(row: dict[str, Any]) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from connector.errors import (
 )
 from connector.flush import FlushSettings, flush_cut
 from connector.protocol import Data, Malformed, Protocol, ServerError, Subscribed, SubscribeFailed
-from connector.records import observation_to_row
+from connector.records import Columns, FrameMeta, Identity, identities
 from connector.sink import Sink
 from connector.source import HandshakeFailed, open_stream
 from connector.spool import DATA, DEAD, LEDGER, Spool, SpoolFull
@@ -398,7 +398,9 @@ class Runner:
             "gap in %s from %s to %s (%s)", name, format_us(start_us), format_us(end_us), reason
         )
         self.record(
-            ledger.event(ledger.GAP, name, end_us, start=start_us, end=end_us, reason=reason)
+            ledger.event(
+                ledger.GAP, name, end_us, gap_start=start_us, gap_end=end_us, reason=reason
+            )
         )
         if self.hooks:
             # Kept in the checkpoint until healed: a kill mid-backfill retries it on the next start.
@@ -426,27 +428,15 @@ class Runner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._committed.wait(), 0.5)
 
-    def spooled_identities(self, name: str) -> set[tuple[str, str, str, str, int]]:
+    def spooled_identities(self, name: str) -> set[Identity]:
         """Identities of this subscription's rows in the spool and not yet committed."""
-        found: set[tuple[str, str, str, str, int]] = set()
-        last = self._spool.next_seq - 1
-        for rec in self._spool.read(self._cp.committed_seq + 1, last):
-            if rec.kind != DATA or rec.meta.get("sub") != name:
-                continue
-            frame = msgspec.json.decode(rec.payload)
-            for obs in frame.get("observations") or []:
-                row, _ = observation_to_row(obs)
-                if row is not None:
-                    found.add(
-                        (
-                            row["source_system_id"],
-                            row["collection_id"],
-                            row["observation_spec_id"],
-                            row["track_id"],
-                            row["timestamp"],
-                        )
-                    )
-        return found
+        columns = Columns()
+        for rec in self._spool.read(self._cp.committed_seq + 1, self._spool.next_seq - 1):
+            if rec.kind == DATA and rec.meta.get("sub") == name:
+                columns.add_frame(
+                    FrameMeta(rec.seq, rec.received_at_us, name, None, ""), rec.payload
+                )
+        return identities(columns.to_table())
 
     def _account(self, seq: int, rows: int, nbytes: int) -> None:
         cut = self._batcher.add(seq, rows, nbytes, time.monotonic())

@@ -38,8 +38,8 @@ def _us(text: str) -> int:
 
 def streaming_window(dep: Deployment) -> tuple[int, int]:
     events = dep.ledger()
-    starts = [_us(e["at"]) for e in events if e["event"] == "stream_started"]
-    stops = [_us(e["at"]) for e in events if e["event"] == "stream_stopped"]
+    starts = [_us(e["recorded_at"]) for e in events if e["event"] == "stream_started"]
+    stops = [_us(e["recorded_at"]) for e in events if e["event"] == "stream_stopped"]
     assert starts and stops, events
     return min(starts) + MARGIN_US, max(stops) - 2 * MARGIN_US
 
@@ -115,7 +115,9 @@ def test_sigkill_chaos_with_backfill_loses_and_duplicates_nothing(
     counts = assert_complete(deployment, sim)
     assert counts["everything"] > 1000
     events = deployment.ledger()
-    gaps = {(e["subscription"], e["start"], e["end"]) for e in events if e["event"] == "gap"}
+    gaps = {
+        (e["subscription"], e["gap_start"], e["gap_end"]) for e in events if e["event"] == "gap"
+    }
     healed = {
         (e["subscription"], e["gap_start"], e["gap_end"])
         for e in events
@@ -139,7 +141,7 @@ def test_sigkill_chaos_without_backfill_records_every_loss_as_a_gap(
     gaps: dict[str, list[tuple[int, int]]] = {}
     for e in deployment.ledger():
         if e["event"] == "gap":
-            gaps.setdefault(e["subscription"], []).append((_us(e["start"]), _us(e["end"])))
+            gaps.setdefault(e["subscription"], []).append((_us(e["gap_start"]), _us(e["gap_end"])))
     assert all(len(g) >= 3 for g in gaps.values())  # kills before resubscribing merge gaps
     for name, query in deployment.subscriptions.items():
         have = {identity(o) for o in landed_observations(deployment, name)}

@@ -188,8 +188,8 @@ def fill_spool(directory: Path) -> Fixture:
         ledger.GAP,
         "air",
         us("2024-06-24T18:30:00Z"),
-        start=us("2024-06-24T18:25:00Z"),
-        end=us("2024-06-24T18:30:00Z"),
+        gap_start=us("2024-06-24T18:25:00Z"),
+        gap_end=us("2024-06-24T18:30:00Z"),
         reason="disconnect",
     )
     spool.append(LEDGER, {}, msgspec.json.encode(gap), us("2024-06-24T18:30:00Z"), force=True)
@@ -419,12 +419,12 @@ def test_ledger_events_land_as_json_lines(spooled: Fixture, tmp_path: Path) -> N
         "event": "gap",
         "subscription": "air",
         "reason": "disconnect",
-        "at": datetime(2024, 6, 24, 18, 30, tzinfo=UTC),
-        "start": datetime(2024, 6, 24, 18, 25, tzinfo=UTC),
-        "end": datetime(2024, 6, 24, 18, 30, tzinfo=UTC),
+        "recorded_at": datetime(2024, 6, 24, 18, 30, tzinfo=UTC),
+        "gap_start": datetime(2024, 6, 24, 18, 25, tzinfo=UTC),
+        "gap_end": datetime(2024, 6, 24, 18, 30, tzinfo=UTC),
     }
     assert started["event"] == "stream_started" and started["subscription"] == "sea"
-    assert started["at"] == datetime(2024, 6, 24, 18, 33, tzinfo=UTC)
+    assert started["recorded_at"] == datetime(2024, 6, 24, 18, 33, tzinfo=UTC)
     raw = sink.read(f"_ledger/{stem(fx.first, fx.last)}.jsonl")
     assert [json.loads(line) for line in raw.splitlines()] == fx.ledger
 

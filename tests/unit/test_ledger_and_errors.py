@@ -21,24 +21,24 @@ def test_gap_event_formats_its_times() -> None:
         ledger.GAP,
         "dc",
         1_719_248_401_500_000,
-        start=1_719_248_400_000_000,
-        end=1_719_248_401_500_000,
+        gap_start=1_719_248_400_000_000,
+        gap_end=1_719_248_401_500_000,
         reason="disconnected",
     )
     assert item == {
         "event": "gap",
         "subscription": "dc",
-        "at": "2024-06-24T17:00:01.5Z",
-        "start": "2024-06-24T17:00:00Z",
-        "end": "2024-06-24T17:00:01.5Z",
+        "recorded_at": "2024-06-24T17:00:01.5Z",
+        "gap_start": "2024-06-24T17:00:00Z",
+        "gap_end": "2024-06-24T17:00:01.5Z",
         "reason": "disconnected",
     }
 
 
 def test_ledger_keeps_other_fields_verbatim() -> None:
-    item = ledger.event(ledger.BACKFILL, "dc", 0, rows=5, start="already text", id=7)
-    assert item["rows"] == 5 and item["start"] == "already text" and item["id"] == 7
-    assert item["at"] == "1970-01-01T00:00:00Z"
+    item = ledger.event(ledger.BACKFILL, "dc", 0, rows=5, gap_start="already text", id=7)
+    assert item["rows"] == 5 and item["gap_start"] == "already text" and item["id"] == 7
+    assert item["recorded_at"] == "1970-01-01T00:00:00Z"
 
 
 def test_exit_codes() -> None:
