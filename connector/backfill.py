@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import msgspec
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tenacity import (
@@ -37,6 +38,7 @@ from connector.timeparse import format_us, parse_timestamp_us
 log = logging.getLogger(__name__)
 
 CHUNK = 200  # observations per spooled backfill record: small, to fit a nearly full spool
+SLICE_US = 600_000_000  # REST history is paged ten minutes at a time
 RETRY_SECONDS = 30.0
 SPOOL_WAIT_SECONDS = 60.0
 
@@ -122,46 +124,49 @@ class Backfiller:
                 gap, start, oldest, "unrecoverable", error="older than backfill.max_window"
             )
             start = oldest
-        try:
-            query = dict(sub.query) if self.cfg.backfill.tracks == "subscription" else {}
-            fetched = await self._fetch(session, query, start, end)
-        except RestRefused as exc:
-            self._record(gap, start, end, "refused", error=str(exc))
-            return True
-        except (RestUnavailable, aiohttp.ClientError, TimeoutError) as exc:
-            self._record(gap, start, end, "failed", error=f"{type(exc).__name__}: {exc}")
-            return False
-        wanted = [o for o in fetched if isinstance(o, dict) and _in_window(o, start, end)]
-        wanted = [o for o in wanted if matches(dict(sub.query), o)]
-        await self.runner.flush_barrier()
-        have = await asyncio.to_thread(self._landed_identities, gap.subscription, start, end)
-        have |= self.runner.spooled_identities(gap.subscription)
-        fresh: list[dict[str, Any]] = []
-        for obs in wanted:
-            ident = identity(obs)
-            if ident is not None and ident not in have:
-                have.add(ident)
-                fresh.append(obs)
-        for i in range(0, len(fresh), CHUNK):
-            chunk = fresh[i : i + CHUNK]
-            payload = msgspec.json.encode({"observations": chunk})
-            meta = {"sub": gap.subscription, "id": None, "origin": "backfill", "n": len(chunk)}
-            if not await self._ingest(meta, payload, len(chunk)):
-                self._record(gap, start, end, "failed", error="spool full during backfill")
+        query = dict(sub.query) if bf.tracks == "subscription" else {}
+        counts = {"fetched": 0, "matched": 0, "rows": 0}
+        # Slices keep memory bounded by a few minutes of data, whatever the gap's length.
+        for lo in range(start, end + 1, SLICE_US):
+            hi = min(lo + SLICE_US - 1, end)
+            try:
+                fetched = await self._fetch(session, query, lo, hi)
+            except RestRefused as exc:
+                self._record(gap, start, end, "refused", error=str(exc), **counts)
+                return True
+            except (RestUnavailable, aiohttp.ClientError, TimeoutError) as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                self._record(gap, start, end, "failed", error=error, **counts)
                 return False
-        self.runner.totals.backfilled += len(fresh)
+            wanted = await asyncio.to_thread(_select, fetched, dict(sub.query), lo, hi)
+            await self.runner.flush_barrier()
+            # No file becomes visible while we look: landed + spooled is everything we have.
+            async with self.runner.commit_gate:
+                have = self.runner.spooled_identities(gap.subscription)
+                have |= await asyncio.to_thread(self._landed_identities, gap.subscription, lo, hi)
+            fresh = await asyncio.to_thread(_fresh, wanted, have)
+            for i in range(0, len(fresh), CHUNK):
+                chunk = fresh[i : i + CHUNK]
+                payload = msgspec.json.encode({"observations": chunk})
+                meta = {"sub": gap.subscription, "id": None, "origin": "backfill", "n": len(chunk)}
+                if not await self._ingest(meta, payload, len(chunk)):
+                    error = "spool full during backfill"
+                    self._record(gap, start, end, "failed", error=error, **counts)
+                    return False
+            counts["fetched"] += len(fetched)
+            counts["matched"] += len(wanted)
+            counts["rows"] += len(fresh)
+            self.runner.totals.backfilled += len(fresh)
         log.info(
             "backfilled %s %s..%s: %d fetched, %d matched, %d new",
             gap.subscription,
             format_us(start),
             format_us(end),
-            len(fetched),
-            len(wanted),
-            len(fresh),
+            counts["fetched"],
+            counts["matched"],
+            counts["rows"],
         )
-        self._record(
-            gap, start, end, "ok", fetched=len(fetched), matched=len(wanted), rows=len(fresh)
-        )
+        self._record(gap, start, end, "ok", **counts)
         return True
 
     async def _ingest(self, meta: dict[str, Any], payload: bytes, rows: int) -> bool:
@@ -231,6 +236,9 @@ class Backfiller:
                         raise RestUnavailable(
                             f"HTTP {resp.status} from history search", _retry_after(resp)
                         )
+                    if resp.status in (401, 403):
+                        # Possibly a rotation in progress: the gap is retried later, not dropped.
+                        raise RestUnavailable(f"HTTP {resp.status}: {await _error_name(resp)}")
                     if resp.status >= 400:
                         raise RestRefused(f"HTTP {resp.status}: {await _error_name(resp)}")
                     return await resp.json(loads=msgspec.json.decode)
@@ -250,8 +258,12 @@ class Backfiller:
                     continue
                 with sink.fs.open(sink.path(path), "rb") as fh:
                     table = pq.read_table(fh, columns=[*_IDENTITY_COLUMNS, "subscription"])
-                table = table.filter(pc.equal(table["subscription"], name))
-                found |= identities(table)
+                micros = table["timestamp"].cast(pa.int64())
+                mask = pc.and_(
+                    pc.equal(table["subscription"], name),
+                    pc.and_(pc.greater_equal(micros, start), pc.less_equal(micros, end)),
+                )
+                found |= identities(table.filter(mask))
             hour += 3_600_000_000
         return found
 
@@ -263,6 +275,25 @@ _IDENTITY_COLUMNS = (
     "track_id",
     "timestamp",
 )
+
+
+def _select(fetched: list[Any], query: dict[str, Any], start: int, end: int) -> list[Any]:
+    """Points in the window that match the subscription's own filter."""
+    return [
+        o
+        for o in fetched
+        if isinstance(o, dict) and _in_window(o, start, end) and matches(query, o)
+    ]
+
+
+def _fresh(wanted: list[Any], have: set[Identity]) -> list[dict[str, Any]]:
+    fresh = []
+    for obs in wanted:
+        ident = identity(obs)
+        if ident is not None and ident not in have:
+            have.add(ident)
+            fresh.append(obs)
+    return fresh
 
 
 def identity(obs: dict[str, Any]) -> Identity | None:
@@ -293,13 +324,16 @@ def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
 
 
 async def _error_name(resp: aiohttp.ClientResponse) -> str:
+    """Only Gotham's error name/code: a body could echo our request (and its token) back."""
     try:
         body = await resp.json(content_type=None)
     except (ValueError, aiohttp.ContentTypeError):
-        return "no JSON body"
+        return "no error name"
     if isinstance(body, dict):
-        return str(body.get("errorName") or body.get("errorCode") or body)[:200]
-    return str(body)[:200]
+        name = body.get("errorName") or body.get("errorCode")
+        if isinstance(name, str):
+            return name[:120]
+    return "no error name"
 
 
 class _RetryAfter(wait_random_exponential):

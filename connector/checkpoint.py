@@ -33,11 +33,25 @@ class CheckpointStore:
 
     def load(self, writer_id: str | None) -> Checkpoint:
         """Read the checkpoint or start one; a writer id, once chosen, sticks to the state dir."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError.single("state.dir", f"cannot create {self.dir}: {exc}") from None
         if self.path.exists():
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            try:
+                data = json.loads(self.path.read_text(encoding="utf-8"))
+                if not isinstance(data, dict) or "writer_id" not in data:
+                    raise ValueError("not a checkpoint object")
+            except (OSError, ValueError) as exc:
+                raise ConfigError.single(
+                    "state.dir",
+                    f"cannot read {self.path}: {exc} (restore it or use a new state dir)",
+                ) from None
             data = _migrate(data)
-            cp = Checkpoint(**data)
+            try:
+                cp = Checkpoint(**data)
+            except TypeError as exc:
+                raise ConfigError.single("state.dir", f"{self.path}: {exc}") from None
             prefix = cp.writer_id.rpartition("-")[0]
             if writer_id is not None and prefix != writer_id:
                 # Replays must rewrite the very names a crash may have left: the id of a state

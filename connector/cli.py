@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
+import threading
 from pathlib import Path
 
 from connector import __version__, logs
 from connector.config import Config, load_config
-from connector.errors import ConfigError, ConnectorError, QueryError
+from connector.errors import ConfigError, ConnectorError
 
 log = logging.getLogger("connector")
 
@@ -73,17 +75,32 @@ def _print_config_error(exc: ConfigError) -> None:
 
 
 def run_connector(cfg: Config, config_path: Path | None = None) -> int:
+    code = _run_loop(cfg, config_path)
+    # A storage call stuck in a worker thread (to_thread cannot cancel it) must not hold the
+    # exit past the shutdown promise: everything that matters is already in the spool.
+    stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if stuck:
+        log.warning("exiting with %d worker thread(s) still busy", len(stuck))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _run_loop(cfg: Config, config_path: Path | None) -> int:
+    loop = asyncio.new_event_loop()
     try:
-        asyncio.run(_run(cfg, config_path))
+        loop.run_until_complete(_run(cfg, config_path))
     except ConfigError as exc:
         _print_config_error(exc)
-        return exc.exit_code
-    except QueryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except ConnectorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    finally:
+        # Not asyncio.run: it would wait without limit for threads that cannot be cancelled.
+        loop.close()
     return 0
 
 

@@ -26,6 +26,7 @@ from connector.config import (
     StateConfig,
     Subscription,
 )
+from connector.errors import ConnectorError
 from connector.secret import TokenSource
 
 MARKER = ".gotham-demo"
@@ -88,7 +89,11 @@ def run(args: argparse.Namespace) -> int:
     with SimulatorThread(options) as sim:
         print(f"simulator listening on {sim.ws_url}; landing into {landing}", file=out)
         cfg = demo_config(sim.ws_url, landing, state, args.flush_seconds)
-        totals = asyncio.run(_stream(cfg, args.seconds, out))
+        try:
+            totals = asyncio.run(_stream(cfg, args.seconds, out))
+        except ConnectorError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
         generated = sim.stats()["generated"]
     print(
         f"stopped cleanly: {totals['observations']} observations received, "

@@ -17,6 +17,10 @@ class Terminal(ConnectorError):
     """Retrying cannot help (permission denied, bucket missing): stop and keep the data."""
 
 
+class Crashed(ConnectorError):
+    """An internal stage died unexpectedly (a bug); what was read is safe in the spool."""
+
+
 class ConfigError(ConnectorError):
     """One or more configuration problems, each naming its key."""
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from connector import layout, parquet
+from connector.errors import Crashed
 from connector.records import Columns, FrameMeta, Rejected
 from connector.sink import Sink
 from connector.spool import DATA, DEAD, LEDGER, Spool
@@ -38,9 +39,14 @@ class FlushSettings:
 def flush_cut(
     spool: Spool, first: int, last: int, sink: Sink, settings: FlushSettings
 ) -> FlushResult:
+    # The cut record and its frames must be on disk before files named after them exist: after
+    # a power loss, a replay must find the same cut, not re-cut and write other names.
+    spool.sync()
     columns = Columns()
     ledger: list[bytes] = []
+    seen = 0
     for rec in spool.read(first, last):
+        seen += 1
         if rec.kind == DATA:
             meta = FrameMeta(
                 rec.seq,
@@ -62,6 +68,11 @@ def flush_cut(
             )
         elif rec.kind == LEDGER:
             ledger.append(rec.payload)
+    if seen != last - first + 1:
+        # Never commit a cut short: a damaged record would silently drop rows.
+        raise Crashed(
+            f"spool damaged: read {seen} of {last - first + 1} records of seq {first}-{last}"
+        )
     stem = layout.file_stem(settings.writer_id, first, last)
     result = FlushResult(rejected=len(columns.rejected))
     table = columns.to_table()

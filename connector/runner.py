@@ -27,6 +27,7 @@ from connector.config import Config, Subscription
 from connector.errors import (
     AuthError,
     ConnectorError,
+    Crashed,
     QueryError,
     SinkError,
     TransientSinkError,
@@ -84,7 +85,9 @@ class Runner:
         self._fatal: ConnectorError | None = None
         self._ws: ClientConnection | None = None
         self._last_frame_us = 0
-        self._spool_gaps: dict[str, int] = {}
+        self._spool_gaps: dict[str, int] = {}  # subscription -> start of an open spool-full gap
+        self._last_spooled: dict[str, int] = {}
+        self.commit_gate = asyncio.Lock()  # held while backfill reads what is landed
         self._tasks: list[asyncio.Task[Any]] = []
         self._committed = asyncio.Event()  # pulsed after each checkpoint save
         self._save_lock = asyncio.Lock()
@@ -117,7 +120,10 @@ class Runner:
             self.cfg.sink.compression_level,
             self.cfg.sink.row_group_rows,
         )
-        await asyncio.to_thread(self.sink.check)
+        try:
+            await asyncio.to_thread(self.sink.check)
+        except TransientSinkError as exc:
+            log.warning("sink not reachable yet (%s); data waits in the spool meanwhile", exc)
         log.info(
             "writer %s: committed through seq %d, replaying %d cut(s) and %d record(s)",
             cp.writer_id,
@@ -135,11 +141,9 @@ class Runner:
             for start, end in list(state.get("pending_gaps", [])):
                 for hook in self.hooks:
                     hook(name, start, end)
-        self._tasks = [
-            asyncio.create_task(self._flush_worker(), name="flush"),
-            asyncio.create_task(self._timer(), name="timer"),
-            asyncio.create_task(self._fsync_ticker(), name="fsync"),
-        ]
+        self._flush_task = self._watch(asyncio.create_task(self._flush_worker(), name="flush"))
+        self._watch(asyncio.create_task(self._timer(), name="timer"))
+        self._watch(asyncio.create_task(self._fsync_ticker(), name="fsync"))
         try:
             await self._connection_loop()
         finally:
@@ -162,11 +166,15 @@ class Runner:
         self.stopping.set()
         if self._ws is not None:
             await self._unsubscribe_and_close(self._ws)
+        at = now_us()
+        for name, start in self._spool_gaps.items():  # still open: record it for the next start
+            self.on_gap(name, start, at, "spool_full")
+        self._spool_gaps.clear()
         cut = self._batcher.force()
         if cut is not None:
             self._emit(cut)
         self._queue.put_nowait(None)
-        flush_task = self._tasks[0] if self._tasks else None
+        flush_task = getattr(self, "_flush_task", None)
         if flush_task is not None:
             started = self._stop_requested_at or time.monotonic()
             remaining = max(1.0, SHUTDOWN_SECONDS - (time.monotonic() - started))
@@ -354,8 +362,23 @@ class Runner:
         self._background(self._resubscribe_later(event.name))
 
     def _background(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks = [t for t in self._tasks if not t.done()]
+        self._watch(asyncio.get_running_loop().create_task(coro))
+
+    def _watch(self, task: asyncio.Task[Any]) -> asyncio.Task[Any]:
+        """A background task that dies must stop the connector, never leave it half-working."""
         self._tasks.append(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        log.error("background task %s failed: %r", task.get_name(), exc, exc_info=exc)
+        self._fail(
+            exc if isinstance(exc, ConnectorError) else Crashed(f"{task.get_name()}: {exc!r}")
+        )
 
     async def _resubscribe_later(self, name: str) -> None:
         ws = self._ws
@@ -372,15 +395,17 @@ class Runner:
         """Spool one record and account it; False when the spool is full (a gap is opened)."""
         try:
             seq = self._spool.append(kind, meta, payload, at)
-        except SpoolFull as exc:
+        except (SpoolFull, OSError) as exc:  # OSError: the state disk itself is full
             self.totals.spool_dropped_frames += 1
             if sub is not None and sub not in self._spool_gaps:
                 log.error("%s: dropping frames for %s and recording a gap", exc, sub)
-                self._spool_gaps[sub] = at
+                self._spool_gaps[sub] = self._last_spooled.get(sub, at)
             return False
         if self.cfg.state.fsync_seconds == 0:
             self._spool.sync()
         self._account(seq, rows, len(payload))
+        if sub is not None:
+            self._last_spooled[sub] = at
         if sub is not None and sub in self._spool_gaps:
             start = self._spool_gaps.pop(sub)
             self.on_gap(sub, start, at, "spool_full")
@@ -471,9 +496,10 @@ class Runner:
             backoff = Backoff(0.5, 30.0)
             while True:
                 try:
-                    result = await asyncio.to_thread(
-                        flush_cut, self._spool, cut.first, cut.last, self.sink, self._settings
-                    )
+                    async with self.commit_gate:
+                        result = await asyncio.to_thread(
+                            flush_cut, self._spool, cut.first, cut.last, self.sink, self._settings
+                        )
                     break
                 except TransientSinkError as exc:
                     delay = backoff.next()

@@ -7,6 +7,7 @@ once: permanent ones become SinkError (stop, keep the data), the rest TransientS
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import uuid
@@ -86,11 +87,15 @@ class Sink:
 
     def check(self) -> None:
         """Fail fast at start-up when the sink cannot be written at all (bucket missing, denied)."""
-        probe = f"_connector_probe/{uuid.uuid4().hex}.tmp"
+        # A fixed name: a kill between write and delete leaves one small file, not one per start.
+        probe = self.path("_connector_probe/probe")
         for attempt in self._retrying:
             with attempt:
-                self._translate(self._put_once, self.path(probe), b"")
-                self._translate(self.fs.rm_file, self.path(probe))
+                if self.local:
+                    self._translate(self.fs.makedirs, self.path("_connector_probe"), True)
+                self._translate(self.fs.pipe_file, probe, b"")
+                with contextlib.suppress(FileNotFoundError):  # another replica removed it
+                    self.fs.rm_file(probe)
 
     def _translate(self, fn: Any, *args: Any) -> Any:
         try:

@@ -158,3 +158,12 @@ def test_python_dash_m_is_the_same_program() -> None:
         [sys.executable, "-m", "connector", "--version"], capture_output=True, text=True, check=True
     )
     assert out.stdout.startswith("gotham-connector ")
+
+
+def test_corrupt_checkpoint_names_the_state_dir(deployment: Deployment) -> None:
+    deployment.state.mkdir(parents=True)
+    (deployment.state / "checkpoint.json").write_text("{ not json")
+    proc = deployment.start()
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert "state.dir: cannot read" in err and "Traceback" not in err
