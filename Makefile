@@ -1,33 +1,40 @@
 # Each target sets up its own virtualenv, so a fresh machine needs only python3 and make.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+PIP := $(PY) -m pip install -q --disable-pip-version-check
+# constraints.txt pins the versions CI last passed with: installs are repeatable and pip
+# does not have to backtrack through the s3fs/aiobotocore/botocore pins.
+RUNTIME := $(VENV)/.installed-runtime
+DEV := $(VENV)/.installed-dev
 
 .PHONY: demo test lint typecheck bench clean
 
-# constraints.txt pins the versions CI last passed with: installs are repeatable and pip
-# does not have to backtrack through the s3fs/aiobotocore/botocore pins.
-$(STAMP): pyproject.toml constraints.txt
+$(RUNTIME): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
-	touch $(STAMP)
+	$(PIP) --upgrade pip
+	$(PIP) -c constraints.txt -e .
+	touch $(RUNTIME)
 
-demo: $(STAMP)
+# The demo needs only the runtime dependencies: a shorter first run.
+$(DEV): $(RUNTIME)
+	$(PIP) -c constraints.txt -e '.[dev]'
+	touch $(DEV)
+
+demo: $(RUNTIME)
 	$(VENV)/bin/gotham-connector demo
 
-lint: $(STAMP)
+lint: $(DEV)
 	$(VENV)/bin/ruff check connector tests benchmarks
 	$(VENV)/bin/ruff format --check connector tests benchmarks
 
-typecheck: $(STAMP)
+typecheck: $(DEV)
 	$(VENV)/bin/mypy
 
 test: lint typecheck
 	$(VENV)/bin/pytest
 
-bench: $(STAMP)
+bench: $(RUNTIME)
 	$(PY) benchmarks/throughput.py
 
 clean:
-	rm -rf $(VENV) landing state .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) landing .demo-state .pytest_cache .mypy_cache .ruff_cache

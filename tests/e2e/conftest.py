@@ -16,17 +16,11 @@ from typing import Any
 import duckdb
 import pytest
 
+from connector.demo import DC_POLYGON
 from connector.records import row_to_observation
 from connector.simulator import SimulatorOptions, SimulatorThread
 
 TOKEN = "e2e-token-0123456789"
-DC_POLYGON = [
-    {"longitude": -77.20, "latitude": 38.80},
-    {"longitude": -76.90, "latitude": 38.80},
-    {"longitude": -76.90, "latitude": 39.00},
-    {"longitude": -77.20, "latitude": 39.00},
-    {"longitude": -77.20, "latitude": 38.80},
-]
 SUBSCRIPTIONS = {"dc": {"location": DC_POLYGON}, "everything": {}}
 
 
