@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"stopped cleanly: {totals['observations']} observations received, "
         f"{totals['rows_written']} rows in {totals['files']} files "
-        f"(simulator generated {generated})",
+        f"(the simulator generated {generated}; 'everything' also holds the polygon's rows)",
         file=out,
     )
     summarize(landing, out)
