@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -75,6 +76,9 @@ def _print_config_error(exc: ConfigError) -> None:
 
 
 def run_connector(cfg: Config, config_path: Path | None = None) -> int:
+    # Decoding allocates millions of short-lived objects; the default gen-0 threshold (700)
+    # runs the collector constantly for nothing (measured: ~9% of conversion time).
+    gc.set_threshold(50_000, 20, 20)
     code = _run_loop(cfg, config_path)
     # A storage call stuck in a worker thread (to_thread cannot cancel it) must not hold the
     # exit past the shutdown promise: everything that matters is already in the spool.

@@ -16,7 +16,7 @@ import msgspec
 import pyarrow as pa
 
 from connector.schema import SCHEMA
-from connector.timeparse import format_us, parse_canonical_us, parse_timestamp_ns
+from connector.timeparse import format_us, parse_canonical_us, parse_timestamp_ns, parse_z
 
 _KNOWN = {
     "sourceSystemId",
@@ -37,11 +37,41 @@ _IDS = (
     ("trackId", "track_id"),
 )
 _json = msgspec.json.encode
-_frame_decoder = msgspec.json.Decoder()
 
 
 class _DataFrame(msgspec.Struct):
     observations: list[msgspec.Raw]
+
+
+# The fast path: an observation exactly as documented decodes straight into these (no dicts;
+# property values and style stay as their verbatim JSON text). Anything else (unknown or
+# explicitly-null fields, odd types) fails validation and takes the general dict path.
+class _Field(msgspec.Struct, forbid_unknown_fields=True):
+    propertyType: str
+    value: msgspec.Raw
+
+
+class _Position(msgspec.Struct, forbid_unknown_fields=True):
+    longitude: float | int
+    latitude: float | int
+    elevation: float | int | msgspec.UnsetType = msgspec.UNSET
+
+
+class _Observation(msgspec.Struct, forbid_unknown_fields=True):
+    sourceSystemId: str
+    collectionId: str
+    observationSpecId: str
+    trackId: str
+    position: _Position
+    timestamp: str
+    name: str | msgspec.UnsetType | None = msgspec.UNSET
+    staticProperties: list[_Field] | msgspec.UnsetType = msgspec.UNSET
+    liveProperties: list[_Field] | msgspec.UnsetType = msgspec.UNSET
+    style: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+
+
+_split_decoder = msgspec.json.Decoder(_DataFrame)
+_observation_decoder = msgspec.json.Decoder(_Observation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,37 +151,83 @@ class Columns:
 
     def add_frame(self, meta: FrameMeta, raw: bytes) -> None:
         try:
-            frame = _frame_decoder.decode(raw)
-            observations = frame["observations"]
-            if not isinstance(observations, list):
-                raise TypeError
-        except (msgspec.DecodeError, KeyError, TypeError):
+            observations = _split_decoder.decode(raw).observations
+        except (msgspec.DecodeError, msgspec.ValidationError):
             self.rejected.append(
                 Rejected(meta.seq, meta.received_at_us, meta.subscription, "bad data frame", raw)
             )
             return
-        bad: list[tuple[int, str]] = []
         before = len(self._ts)
-        add = self._add
-        for index, obs in enumerate(observations):
-            problem = add(obs)
+        fast, decode = self._add_typed, _observation_decoder.decode
+        for index, text in enumerate(observations):
+            try:
+                problem = fast(decode(text))
+            except (msgspec.ValidationError, _NotExact):
+                problem = self._add(msgspec.json.decode(text))
             if problem is not None:
-                bad.append((index, problem))
-        self._runs.append((meta, len(self._ts) - before))
-        if bad:
-            # Only now pay for a second decode, to keep the rejected observations byte-exact.
-            verbatim = msgspec.json.decode(raw, type=_DataFrame).observations
-            for index, reason in bad:
                 self.rejected.append(
                     Rejected(
                         meta.seq,
                         meta.received_at_us,
                         meta.subscription,
-                        reason,
-                        bytes(verbatim[index]),
+                        problem,
+                        bytes(text),
                         index,
                     )
                 )
+        self._runs.append((meta, len(self._ts) - before))
+
+    def _add_typed(self, obs: _Observation) -> str | None:
+        """Fast path for a documented-shape observation; raises _NotExact to defer to `_add`."""
+        ts = obs.timestamp
+        parsed = parse_z(ts)
+        extra: dict[str, Any] | None = None
+        if parsed is not None:
+            us = parsed[0] // 1000
+            if not parsed[1]:
+                extra = {"timestamp": ts}  # keep the spelling and any sub-microsecond digits
+        else:
+            ns = parse_timestamp_ns(ts)
+            if ns is None:
+                return "timestamp is missing or not ISO-8601 with a zone"
+            us = ns // 1000
+            extra = {"timestamp": ts}
+        pos = obs.position
+        lon, lat = _float(pos.longitude), _float(pos.latitude)
+        if lon is None or lat is None:
+            return "position is missing or has no numeric longitude/latitude"
+        elevation: float | None = None
+        if pos.elevation is not msgspec.UNSET:
+            if type(pos.elevation) is not float:
+                raise _NotExact  # an int elevation: the general path decides what is exact
+            elevation = pos.elevation
+        static = _typed_properties(obs.staticProperties)
+        live = _typed_properties(obs.liveProperties)
+        name = obs.name
+        if name is None:  # explicit null, unlike an absent name
+            extra = extra or {}
+            extra["name"] = None
+        style = obs.style
+        self._source.append(obs.sourceSystemId)
+        self._collection.append(obs.collectionId)
+        self._spec.append(obs.observationSpecId)
+        self._track.append(obs.trackId)
+        self._ts.append(us)
+        self._lon.append(lon)
+        self._lat.append(lat)
+        self._elev.append(elevation)
+        self._name.append(None if isinstance(name, msgspec.UnsetType) else name)
+        if static is None:
+            self._static.null()
+        else:
+            self._static.add(*static)
+        if live is None:
+            self._live.null()
+        else:
+            self._live.add(*live)
+        self._style.append(None if isinstance(style, msgspec.UnsetType) else bytes(style))
+        self._extra.append(_json(extra) if extra else None)
+        return None
 
     def add_observation(self, meta: FrameMeta, obs: Any) -> str | None:
         """Append one observation; returns why it does not fit, or None."""
@@ -266,6 +342,21 @@ def _float(value: object) -> float | None:
     except OverflowError:
         return None
     return result if result == value else None
+
+
+class _NotExact(Exception):
+    """The fast path cannot represent this observation exactly; use the general path."""
+
+
+def _typed_properties(
+    fields: list[_Field] | msgspec.UnsetType,
+) -> tuple[list[str], list[bytes]] | None:
+    if isinstance(fields, msgspec.UnsetType):
+        return None
+    keys = [f.propertyType for f in fields]
+    if len(set(keys)) != len(keys):
+        raise _NotExact  # a repeated propertyType: the map cannot hold the list exactly
+    return keys, [bytes(f.value) for f in fields]
 
 
 def _properties(builder: _MapBuilder, fields: Any, wire: str, extra: dict[str, Any]) -> None:

@@ -41,19 +41,15 @@ def parse_timestamp_ns(text: str) -> int | None:
     return seconds * 1_000_000_000 + int(frac.ljust(9, "0") or 0)
 
 
-_CANONICAL = re.compile(
-    r"(\d{4}-\d{2}-\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{0,5}[1-9]))?Z\Z", re.ASCII
-)
+_UTC_Z = re.compile(r"(\d{4}-\d{2}-\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?Z\Z", re.ASCII)
 _DAYS: dict[str, int | None] = {}
 
 
-def parse_canonical_us(text: str) -> int | None:
-    """Fast path for the canonical spelling (what format_us writes): microseconds, or None when
-    `text` is anything else (the caller then takes the general parser and keeps the spelling).
-
-    Per-observation hot path: a regex and a cached day number instead of datetime arithmetic.
-    """
-    m = _CANONICAL.match(text)
+def parse_z(text: str) -> tuple[int, bool] | None:
+    """Fast path for `YYYY-MM-DDTHH:MM:SS[.f{1,9}]Z`: (nanoseconds, canonical), where canonical
+    means format_us would write the same text. None for any other spelling (the caller then
+    takes parse_timestamp_ns). Per-observation hot path: a regex and a cached day number."""
+    m = _UTC_Z.match(text)
     if m is None:
         return None
     date, hh, mm, ss, frac = m.groups()
@@ -68,8 +64,17 @@ def parse_canonical_us(text: str) -> int | None:
     hours, minutes, seconds = int(hh), int(mm), int(ss)
     if days is None or hours > 23 or minutes > 59 or seconds > 59:
         return None
-    micros = int(frac.ljust(6, "0")) if frac else 0
-    return ((days * 24 + hours) * 60 + minutes) * 60_000_000 + seconds * 1_000_000 + micros
+    whole = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    if not frac:
+        return whole * 1_000_000_000, True
+    canonical = len(frac) <= 6 and frac[-1] != "0"
+    return whole * 1_000_000_000 + int(frac.ljust(9, "0")), canonical
+
+
+def parse_canonical_us(text: str) -> int | None:
+    """Microseconds when `text` is exactly what format_us writes, else None."""
+    parsed = parse_z(text)
+    return parsed[0] // 1000 if parsed is not None and parsed[1] else None
 
 
 def parse_timestamp_us(text: str) -> int | None:
