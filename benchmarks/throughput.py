@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import multiprocessing
 import os
@@ -155,6 +156,7 @@ async def pipeline(port: int, total: int, root: Path, deflate: bool) -> dict[str
 
 
 def main() -> None:
+    gc.set_threshold(50_000, 20, 20)  # as `gotham-connector run` does
     parser = argparse.ArgumentParser()
     parser.add_argument("--observations", type=int, default=200_000)
     parser.add_argument("--per-frame", type=int, default=100)
