@@ -32,6 +32,7 @@ from connector.errors import Transient
 from connector.query import matches
 from connector.records import Identity, identities
 from connector.runner import Runner, now_us
+from connector.schema import IDENTITY
 from connector.spool import DATA
 from connector.timeparse import format_us, parse_timestamp_us
 
@@ -257,7 +258,7 @@ class Backfiller:
                 if not path.endswith(".parquet"):
                     continue
                 with sink.fs.open(sink.path(path), "rb") as fh:
-                    table = pq.read_table(fh, columns=[*_IDENTITY_COLUMNS, "subscription"])
+                    table = pq.read_table(fh, columns=[*IDENTITY, "subscription"])
                 micros = table["timestamp"].cast(pa.int64())
                 mask = pc.and_(
                     pc.equal(table["subscription"], name),
@@ -266,15 +267,6 @@ class Backfiller:
                 found |= identities(table.filter(mask))
             hour += 3_600_000_000
         return found
-
-
-_IDENTITY_COLUMNS = (
-    "source_system_id",
-    "collection_id",
-    "observation_spec_id",
-    "track_id",
-    "timestamp",
-)
 
 
 def _select(fetched: list[Any], query: dict[str, Any], start: int, end: int) -> list[Any]:

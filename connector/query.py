@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from datetime import datetime
 from typing import Any
 
 from connector.timeparse import parse_timestamp_us
@@ -154,7 +153,3 @@ def _json_eq(value: object, wanted: list[Any]) -> bool:
     return any(type(value) is type(w) and value == w for w in wanted) or (
         _is_number(value) and any(_is_number(w) and w == value for w in wanted)
     )
-
-
-def iso(dt: datetime) -> str:
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -7,7 +7,6 @@ non-canonical timestamp spellings, property lists a map cannot represent) goes v
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -327,10 +326,6 @@ class Columns:
         return pa.Table.from_arrays(arrays, schema=SCHEMA)
 
 
-def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _float(value: object) -> float | None:
     """A JSON number as the float64 that holds it exactly, else None (huge or inexact ints)."""
     if type(value) is float:
@@ -443,10 +438,3 @@ def row_to_observation(row: dict[str, Any]) -> dict[str, Any]:
 def _datetime_us(value: datetime) -> int:
     delta = value.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
     return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def build(frames: Iterable[tuple[FrameMeta, bytes]]) -> Columns:
-    columns = Columns()
-    for meta, raw in frames:
-        columns.add_frame(meta, raw)
-    return columns

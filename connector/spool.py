@@ -13,6 +13,7 @@ import bisect
 import logging
 import os
 import struct
+import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -73,6 +74,7 @@ class Spool:
         self._fd: int | None = None
         self.next_seq = 1
         self._dirty = False
+        self._retiring: list[threading.Thread] = []
 
     # -- start-up -------------------------------------------------------------------------
     def open(self, committed_seq: int) -> Recovered:
@@ -167,7 +169,7 @@ class Spool:
     def _current(self) -> _Segment:
         if self._fd is not None and self._segments[-1].size < self.segment_bytes:
             return self._segments[-1]
-        self._close_fd()
+        self._retire_fd()
         seg = _Segment(self.next_seq, self.dir / f"{self.next_seq:020d}{_SUFFIX}")
         if self._segments and self._segments[-1].path == seg.path:
             seg = self._segments.pop()  # reopen the last segment after a restart
@@ -177,7 +179,10 @@ class Spool:
         return seg
 
     def sync(self) -> None:
-        """fsync the segment being written: bounds what a machine crash can cost."""
+        """fsync the segment being written (and wait for retired ones): bounds what a machine
+        crash can cost. Called from worker threads, never the event loop."""
+        while self._retiring:
+            self._retiring.pop().join()
         if self._fd is not None and self._dirty:
             self._dirty = False
             os.fsync(self._fd)
@@ -217,6 +222,15 @@ class Spool:
         self.sync()
         self._close_fd()
 
+    def _retire_fd(self) -> None:
+        """Rotation happens on the event loop: the old segment's fsync runs in a thread."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            thread = threading.Thread(target=_fsync_close, args=(fd,), name="spool-fsync")
+            thread.daemon = True
+            thread.start()
+            self._retiring.append(thread)
+
     def _close_fd(self) -> None:
         if self._fd is not None:
             os.fsync(self._fd)
@@ -243,6 +257,13 @@ def _scan(data: bytes, *, with_payload: bool = True) -> Iterator[tuple[int, int,
         payload = bytes(body[meta_end:]) if with_payload else b""
         yield offset, end, Record(kind, seq, at_us, meta, payload, length - meta_end)
         offset = end
+
+
+def _fsync_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:
