@@ -18,6 +18,7 @@ from pathlib import Path
 from connector import __version__, logs
 from connector.config import Config, load_config
 from connector.errors import ConfigError, ConnectorError
+from connector.secret import scrub
 
 log = logging.getLogger("connector")
 
@@ -100,7 +101,7 @@ def _run_loop(cfg: Config, config_path: Path | None) -> int:
         _print_config_error(exc)
         return exc.exit_code
     except ConnectorError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(scrub(f"error: {exc}"), file=sys.stderr)
         return exc.exit_code
     finally:
         # Not asyncio.run: it would wait without limit for threads that cannot be cancelled.

@@ -8,7 +8,13 @@ import time
 
 import msgspec
 
-from connector.secret import RedactFilter
+from connector.secret import RedactFilter, scrub
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        # The filter scrubs the message; this also covers traceback text rendered here.
+        return scrub(super().format(record))
 
 
 class JsonFormatter(logging.Formatter):
@@ -22,7 +28,7 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             item["exception"] = self.formatException(record.exc_info)
-        return msgspec.json.encode(item).decode()
+        return scrub(msgspec.json.encode(item).decode())
 
 
 def setup(level: str = "INFO", fmt: str = "text") -> None:
@@ -32,7 +38,7 @@ def setup(level: str = "INFO", fmt: str = "text") -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+            TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
         )
     root = logging.getLogger()
     root.handlers[:] = [handler]

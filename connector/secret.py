@@ -87,9 +87,14 @@ class RedactFilter(logging.Filter):
             # logging) nor reach logging's error report, which prints the raw args unscrubbed.
             message = f"{record.msg} {record.args!r}"
             record.msg, record.args = message, None
-        scrubbed = message
-        for token in self._tokens:
-            scrubbed = scrubbed.replace(token, "***")
+        scrubbed = scrub(message)
         if scrubbed != message:
             record.msg, record.args = scrubbed, None
         return True
+
+
+def scrub(text: str) -> str:
+    """Replace every token this process has loaded with ***."""
+    for token in RedactFilter._tokens:
+        text = text.replace(token, "***")
+    return text

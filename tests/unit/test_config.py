@@ -365,3 +365,40 @@ def test_redact_filter_survives_a_bad_format(monkeypatch: pytest.MonkeyPatch) ->
     assert RedactFilter().filter(rec) is True
     assert "tok-bad-fmt-1" not in rec.getMessage()
     assert "***" in rec.getMessage()
+
+
+def test_tracebacks_are_scrubbed_too() -> None:
+    import io
+    import logging as _logging
+
+    from connector import logs
+    from connector.secret import RedactFilter
+
+    token = "traceback-token-4242"
+    RedactFilter.register(token)
+    root = _logging.getLogger()
+    saved, level = root.handlers[:], root.level
+    try:
+        _check_scrubbed_tracebacks(token)
+    finally:
+        root.handlers[:] = saved
+        root.setLevel(level)
+
+
+def _check_scrubbed_tracebacks(token: str) -> None:
+    import io
+    import logging as _logging
+
+    from connector import logs
+
+    for fmt in ("text", "json"):
+        logs.setup("INFO", fmt)
+        stream = io.StringIO()
+        root = _logging.getLogger()
+        root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
+        try:
+            raise RuntimeError(f"boom {token}")
+        except RuntimeError:
+            _logging.getLogger("t").exception("failed")
+        out = stream.getvalue()
+        assert "boom ***" in out and token not in out, out
