@@ -368,10 +368,8 @@ def test_redact_filter_survives_a_bad_format(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_tracebacks_are_scrubbed_too() -> None:
-    import io
     import logging as _logging
 
-    from connector import logs
     from connector.secret import RedactFilter
 
     token = "traceback-token-4242"
