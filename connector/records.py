@@ -15,7 +15,7 @@ import msgspec
 import pyarrow as pa
 
 from connector.schema import SCHEMA
-from connector.timeparse import format_us, parse_canonical_us, parse_timestamp_ns, parse_z
+from connector.timeparse import format_us, parse_timestamp_ns, parse_z
 
 _KNOWN = {
     "sourceSystemId",
@@ -96,6 +96,9 @@ class Rejected:
     index: int | None = None
 
 
+_Pairs = tuple[list[str], list[bytes]]  # keys, JSON-text values
+
+
 class _MapBuilder:
     """A map column as flat keys/values plus row offsets: far cheaper than Python pairs."""
 
@@ -113,6 +116,12 @@ class _MapBuilder:
 
     def null(self) -> None:
         self.offsets.append(None)
+
+    def add_or_null(self, pairs: _Pairs | None) -> None:
+        if pairs is None:
+            self.null()
+        else:
+            self.add(*pairs)
 
     def build(self) -> pa.Array:
         offsets = pa.array([*self.offsets, len(self.keys)], type=pa.int32())
@@ -179,18 +188,11 @@ class Columns:
     def _add_typed(self, obs: _Observation) -> str | None:
         """Fast path for a documented-shape observation; raises _NotExact to defer to `_add`."""
         ts = obs.timestamp
-        parsed = parse_z(ts)
-        extra: dict[str, Any] | None = None
-        if parsed is not None:
-            us = parsed[0] // 1000
-            if not parsed[1]:
-                extra = {"timestamp": ts}  # keep the spelling and any sub-microsecond digits
-        else:
-            ns = parse_timestamp_ns(ts)
-            if ns is None:
-                return "timestamp is missing or not ISO-8601 with a zone"
-            us = ns // 1000
-            extra = {"timestamp": ts}
+        parsed = _timestamp(ts)
+        if parsed is None:
+            return "timestamp is missing or not ISO-8601 with a zone"
+        us, canonical = parsed
+        extra: dict[str, Any] | None = None if canonical else {"timestamp": ts}
         pos = obs.position
         lon, lat = _float(pos.longitude), _float(pos.latitude)
         if lon is None or lat is None:
@@ -207,25 +209,15 @@ class Columns:
             extra = extra or {}
             extra["name"] = None
         style = obs.style
-        self._source.append(obs.sourceSystemId)
-        self._collection.append(obs.collectionId)
-        self._spec.append(obs.observationSpecId)
-        self._track.append(obs.trackId)
-        self._ts.append(us)
-        self._lon.append(lon)
-        self._lat.append(lat)
-        self._elev.append(elevation)
-        self._name.append(None if isinstance(name, msgspec.UnsetType) else name)
-        if static is None:
-            self._static.null()
-        else:
-            self._static.add(*static)
-        if live is None:
-            self._live.null()
-        else:
-            self._live.add(*live)
-        self._style.append(None if isinstance(style, msgspec.UnsetType) else bytes(style))
-        self._extra.append(_json(extra) if extra else None)
+        self._append(
+            (obs.sourceSystemId, obs.collectionId, obs.observationSpecId, obs.trackId),
+            (us, lon, lat, elevation),
+            None if isinstance(name, msgspec.UnsetType) else name,
+            static,
+            live,
+            None if isinstance(style, msgspec.UnsetType) else bytes(style),
+            extra,
+        )
         return None
 
     def add_observation(self, meta: FrameMeta, obs: Any) -> str | None:
@@ -245,14 +237,10 @@ class Columns:
             if type(value) is not str:
                 return f"{wire} is missing or not a string"
         ts = get("timestamp")
-        canonical = parse_canonical_us(ts) if type(ts) is str else None
-        if canonical is None:
-            ns = parse_timestamp_ns(ts) if isinstance(ts, str) else None
-            if ns is None:
-                return "timestamp is missing or not ISO-8601 with a zone"
-            us = ns // 1000
-        else:
-            us = canonical
+        parsed = _timestamp(ts) if type(ts) is str else None
+        if parsed is None:
+            return "timestamp is missing or not ISO-8601 with a zone"
+        us, canonical = parsed
         pos = get("position")
         if type(pos) is not dict:
             return "position is missing or has no numeric longitude/latitude"
@@ -263,7 +251,7 @@ class Columns:
         extra: dict[str, Any] = {}
         if len(obs) > len(_KNOWN) or not _KNOWN.issuperset(obs):
             extra = {k: v for k, v in obs.items() if k not in _KNOWN}
-        if canonical is None:
+        if not canonical:
             extra["timestamp"] = ts  # keep the exact spelling (and any sub-microsecond digits)
         elevation = _float(pos.get("elevation"))
         if len(pos) != 2 + ("elevation" in pos) or ("elevation" in pos and elevation is None):
@@ -273,21 +261,43 @@ class Columns:
             extra["name"] = name
             name = None
         style = get("style", _ABSENT)
-
-        self._source.append(ids[0])  # type: ignore[arg-type]
-        self._collection.append(ids[1])  # type: ignore[arg-type]
-        self._spec.append(ids[2])  # type: ignore[arg-type]
-        self._track.append(ids[3])  # type: ignore[arg-type]
-        self._ts.append(us)
-        self._lon.append(lon)
-        self._lat.append(lat)
-        self._elev.append(elevation)
-        self._name.append(name)
-        _properties(self._static, get("staticProperties", _ABSENT), "staticProperties", extra)
-        _properties(self._live, get("liveProperties", _ABSENT), "liveProperties", extra)
-        self._style.append(None if style is _ABSENT else _json(style))
-        self._extra.append(_json(extra) if extra else None)
+        static = _properties(get("staticProperties", _ABSENT), "staticProperties", extra)
+        live = _properties(get("liveProperties", _ABSENT), "liveProperties", extra)
+        self._append(
+            ids,  # type: ignore[arg-type]  # each checked to be a str above
+            (us, lon, lat, elevation),
+            name,
+            static,
+            live,
+            None if style is _ABSENT else _json(style),
+            extra,
+        )
         return None
+
+    def _append(
+        self,
+        ids: tuple[str, str, str, str],
+        point: tuple[int, float, float, float | None],
+        name: str | None,
+        static: _Pairs | None,
+        live: _Pairs | None,
+        style: bytes | None,
+        extra: dict[str, Any] | None,
+    ) -> None:
+        """The one place a row enters the builders (both paths validate before calling)."""
+        self._source.append(ids[0])
+        self._collection.append(ids[1])
+        self._spec.append(ids[2])
+        self._track.append(ids[3])
+        self._ts.append(point[0])
+        self._lon.append(point[1])
+        self._lat.append(point[2])
+        self._elev.append(point[3])
+        self._name.append(name)
+        self._static.add_or_null(static)
+        self._live.add_or_null(live)
+        self._style.append(style)
+        self._extra.append(_json(extra) if extra else None)
 
     def to_table(self) -> pa.Table:
         meta_columns: dict[str, list[Any]] = {
@@ -343,9 +353,7 @@ class _NotExact(Exception):
     """The fast path cannot represent this observation exactly; use the general path."""
 
 
-def _typed_properties(
-    fields: list[_Field] | msgspec.UnsetType,
-) -> tuple[list[str], list[bytes]] | None:
+def _typed_properties(fields: list[_Field] | msgspec.UnsetType) -> _Pairs | None:
     if isinstance(fields, msgspec.UnsetType):
         return None
     keys = [f.propertyType for f in fields]
@@ -354,10 +362,9 @@ def _typed_properties(
     return keys, [bytes(f.value) for f in fields]
 
 
-def _properties(builder: _MapBuilder, fields: Any, wire: str, extra: dict[str, Any]) -> None:
+def _properties(fields: Any, wire: str, extra: dict[str, Any]) -> _Pairs | None:
     if fields is _ABSENT:
-        builder.null()
-        return
+        return None
     if type(fields) is list:
         try:
             keys = [f["propertyType"] for f in fields]
@@ -370,13 +377,11 @@ def _properties(builder: _MapBuilder, fields: Any, wire: str, extra: dict[str, A
         except (KeyError, TypeError):
             exact = False
         if exact:
-            builder.add(keys, values)
-            return
+            return keys, values
     # Not representable as a map exactly: best-effort map, original kept verbatim in `extra`.
     extra[wire] = fields
     if not isinstance(fields, list):
-        builder.null()
-        return
+        return None
     keys, values, seen = [], [], set()
     for f in fields:
         if isinstance(f, dict) and isinstance(f.get("propertyType"), str):
@@ -385,7 +390,16 @@ def _properties(builder: _MapBuilder, fields: Any, wire: str, extra: dict[str, A
                 seen.add(key)
                 keys.append(key)
                 values.append(_json(f.get("value")))
-    builder.add(keys, values)
+    return keys, values
+
+
+def _timestamp(text: str) -> tuple[int, bool] | None:
+    """(microseconds, canonical spelling) or None; the fast 'Z' path first."""
+    parsed = parse_z(text)
+    if parsed is not None:
+        return parsed[0] // 1000, parsed[1]
+    ns = parse_timestamp_ns(text)
+    return None if ns is None else (ns // 1000, False)
 
 
 Identity = tuple[str, str, str, str, int]

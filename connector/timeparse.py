@@ -71,12 +71,6 @@ def parse_z(text: str) -> tuple[int, bool] | None:
     return whole * 1_000_000_000 + int(frac.ljust(9, "0")), canonical
 
 
-def parse_canonical_us(text: str) -> int | None:
-    """Microseconds when `text` is exactly what format_us writes, else None."""
-    parsed = parse_z(text)
-    return parsed[0] // 1000 if parsed is not None and parsed[1] else None
-
-
 def parse_timestamp_us(text: str) -> int | None:
     ns = parse_timestamp_ns(text)
     return None if ns is None else ns // 1000
