@@ -72,7 +72,6 @@ class Runner:
         self.cfg = cfg
         self.totals = Totals()
         self.stopping = asyncio.Event()
-        self.connected = asyncio.Event()
         self.protocol = Protocol()
         self._store = CheckpointStore(cfg.state.dir)
         self._spool = Spool(
@@ -87,6 +86,7 @@ class Runner:
         self._last_frame_us = 0
         self._spool_gaps: dict[str, int] = {}  # subscription -> start of an open spool-full gap
         self._last_spooled: dict[str, int] = {}
+        self._resubscribe_backoff: dict[str, Backoff] = {}
         self.commit_gate = asyncio.Lock()  # held while backfill reads what is landed
         self._tasks: list[asyncio.Task[Any]] = []
         self._committed = asyncio.Event()  # pulsed after each checkpoint save
@@ -273,7 +273,6 @@ class Runner:
             log.warning("connection lost while subscribing")
         self._end_session(self._last_frame_us or now_us())
         self._ws = None
-        self.connected.clear()
 
     async def _unsubscribe_and_close(self, ws: ClientConnection) -> None:
         """Unsubscribe, then keep reading what the server sent before it saw the unsubscribe:
@@ -346,10 +345,9 @@ class Runner:
             # Persist at once: after a SIGKILL the next start must know this one was streaming.
             self._background(self._save_checkpoint())
         self.record(ledger.event(ledger.STREAM_STARTED, event.name, at, id=event.id))
+        self._resubscribe_backoff.pop(event.name, None)
         if gap_from is not None:
             self.on_gap(event.name, gap_from, at, "disconnected")
-        if self.protocol.pending == 0:
-            self.connected.set()
 
     def _on_subscribe_failed(self, event: SubscribeFailed, at: int) -> None:
         detail = describe(event.errors)
@@ -381,12 +379,20 @@ class Runner:
         )
 
     async def _resubscribe_later(self, name: str) -> None:
+        # Grows with each rejection of this subscription, reset once it is accepted again.
+        backoff = self._resubscribe_backoff.setdefault(name, Backoff(2.0, 300.0))
         ws = self._ws
-        await self._sleep(Backoff(1.0, 60.0).next() * 4)
+        await self._sleep(backoff.next())
         sub = self.subscriptions.get(name)
         if ws is not None and ws is self._ws and sub is not None and not self.stopping.is_set():
+            await self._send(ws, self.protocol.subscribe(name, dict(sub.query)))
+
+    @staticmethod
+    async def _send(ws: ClientConnection | None, message: str | None) -> None:
+        """Send on the live socket; a socket closing meanwhile is the reconnect loop's business."""
+        if ws is not None and message is not None:
             with contextlib.suppress(ConnectionClosed):
-                await ws.send(self.protocol.subscribe(name, dict(sub.query)))
+                await ws.send(message)
 
     # -- intake: everything enters through the spool ----------------------------------------
     def ingest(
@@ -552,10 +558,7 @@ class Runner:
         at = now_us()
         for name in old.keys() - new.keys():
             log.info("reload: unsubscribing %s", name)
-            message = self.protocol.unsubscribe(name)
-            if ws is not None and message is not None:
-                with contextlib.suppress(ConnectionClosed):
-                    await ws.send(message)
+            await self._send(ws, self.protocol.unsubscribe(name))
             self._cp.subscriptions.pop(name, None)
             self.record(ledger.event(ledger.SUBSCRIPTION_ENDED, name, at))
         for name, sub in new.items():
@@ -563,11 +566,7 @@ class Runner:
             if name in old and not changed:
                 continue
             if changed:
-                message = self.protocol.unsubscribe(name)
-                if ws is not None and message is not None:
-                    with contextlib.suppress(ConnectionClosed):
-                        await ws.send(message)
+                await self._send(ws, self.protocol.unsubscribe(name))
             log.info("reload: subscribing %s", name)
             if ws is not None:
-                with contextlib.suppress(ConnectionClosed):
-                    await ws.send(self.protocol.subscribe(name, dict(sub.query)))
+                await self._send(ws, self.protocol.subscribe(name, dict(sub.query)))

@@ -75,6 +75,7 @@ class Spool:
         self.next_seq = 1
         self._dirty = False
         self._retiring: list[threading.Thread] = []
+        self._size = 0  # bytes in all segments; checked on every append
 
     # -- start-up -------------------------------------------------------------------------
     def open(self, committed_seq: int) -> Recovered:
@@ -113,23 +114,22 @@ class Spool:
                     fh.truncate(good_end)
                     os.fsync(fh.fileno())
             seg.size = good_end
+            self._size += good_end
             self._segments.append(seg)
         self.next_seq = max_seq + 1
         return Recovered(cuts, pending, torn, last_received)
 
     @staticmethod
     def _index(seg: _Segment, record: Record, offset: int) -> None:
-        if record.kind != CUT:
+        seg.last_seq = max(seg.last_seq, record.seq)
+        if record.kind != CUT:  # cuts are never read back as data
             seg.seqs.append(record.seq)
             seg.offsets.append(offset)
-            seg.last_seq = max(seg.last_seq, record.seq)
-        else:
-            seg.last_seq = max(seg.last_seq, record.seq)
 
     # -- writing --------------------------------------------------------------------------
     @property
     def size_bytes(self) -> int:
-        return sum(s.size for s in self._segments)
+        return self._size
 
     def append(
         self,
@@ -163,6 +163,7 @@ class Spool:
         while written < len(record):  # os.write may be partial on huge records
             written += os.write(self._fd, record[written:])
         seg.size += len(record)
+        self._size += len(record)
         self._index(seg, Record(kind, seq, at_us, meta, b"", len(payload)), offset)
         self._dirty = True
 
@@ -213,6 +214,7 @@ class Spool:
             if seg.last_seq <= committed_seq and not is_current:
                 seg.path.unlink(missing_ok=True)
                 self._segments.remove(seg)
+                self._size -= seg.size
                 removed += 1
         if removed:
             _fsync_dir(self.dir)
