@@ -67,7 +67,6 @@ class Backfiller:
         self.cfg = runner.cfg
         self._queue: asyncio.Queue[Gap] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-        self.completed = 0
 
     def attach(self) -> None:
         self.runner.hooks.append(self.on_gap)
@@ -77,17 +76,12 @@ class Backfiller:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._worker(), name="backfill")
 
-    @property
-    def idle(self) -> bool:
-        return self._queue.empty() and (self._task is None or self._task.done())
-
     async def _worker(self) -> None:
-        ctx = ssl.create_default_context(
-            cafile=str(self.cfg.source.ca_file) if self.cfg.source.ca_file else None
-        )
-        connector = aiohttp.TCPConnector(
-            ssl=ctx if self.cfg.source.rest_base.startswith("https") else False
-        )
+        ssl_context: ssl.SSLContext | bool = False
+        if self.cfg.source.rest_base.startswith("https"):
+            ca = self.cfg.source.ca_file
+            ssl_context = ssl.create_default_context(cafile=str(ca) if ca else None)
+        connector = aiohttp.TCPConnector(ssl=ssl_context)
         async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
             while not self._queue.empty() and not self.runner.stopping.is_set():
                 gap = self._queue.get_nowait()
@@ -101,7 +95,6 @@ class Backfiller:
                     return  # the gap stays pending in the checkpoint for the next start
                 if done:
                     self.runner.gap_done(gap.subscription, gap.start_us, gap.end_us)
-                    self.completed += 1
                 else:
                     # Transient failure: try again later; max_window turns it unrecoverable.
                     asyncio.get_running_loop().call_later(

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 from connector import __version__, logs
@@ -83,6 +84,10 @@ def run_connector(cfg: Config, config_path: Path | None = None) -> int:
     code = _run_loop(cfg, config_path)
     # A storage call stuck in a worker thread (to_thread cannot cancel it) must not hold the
     # exit past the shutdown promise: everything that matters is already in the spool.
+    deadline = time.monotonic() + 2.0  # idle pool workers need a moment to notice shutdown
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
     stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
     if stuck:
         log.warning("exiting with %d worker thread(s) still busy", len(stuck))

@@ -12,6 +12,8 @@ import contextlib
 import logging
 import os
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -71,6 +73,8 @@ class Runner:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.totals = Totals()
+        # Summed from what each flush returns: the seed of per-subscription metrics.
+        self.rows_by_subscription: Counter[str] = Counter()
         self.stopping = asyncio.Event()
         self.protocol = Protocol()
         self._store = CheckpointStore(cfg.state.dir)
@@ -93,7 +97,7 @@ class Runner:
         self._save_lock = asyncio.Lock()
         self._stop_requested_at: float | None = None
         self.subscriptions: dict[str, Subscription] = {s.name: s for s in cfg.subscriptions}
-        self.hooks: list[Any] = []  # backfill and metrics plug in here (on_gap)
+        self.hooks: list[Callable[[str, int, int], None]] = []  # called on each gap (backfill)
 
     # -- lifecycle --------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -187,7 +191,11 @@ class Runner:
         self._spool.close()
         self._cp.totals["last_seen_us"] = now_us()
         await self._save_checkpoint()
-        log.info("stopped: %s", asdict(self.totals))
+        log.info(
+            "stopped: %s, rows by subscription %s",
+            asdict(self.totals),
+            dict(self.rows_by_subscription),
+        )
 
     async def _save_checkpoint(self) -> None:
         snapshot = self._store.encode(self._cp)
@@ -530,6 +538,8 @@ class Runner:
             t.rows_written += result.rows
             t.bytes_written += result.bytes
             t.rejected += result.rejected
+            for sub, rows in result.rows_by_subscription.items():
+                self.rows_by_subscription[sub] += rows
             if result.rejected:
                 log.warning(
                     "%d observation(s) did not fit the schema: kept in _dead_letter/",

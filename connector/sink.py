@@ -108,14 +108,7 @@ class Sink:
             NotADirectoryError,
         ) as exc:
             raise SinkError(f"sink {self.url}: {type(exc).__name__}: {exc}") from exc
-        except OSError as exc:
-            code = _error_code(exc)
-            if code in _TERMINAL_CODES:
-                raise SinkError(f"sink {self.url}: {code}: {exc}") from exc
-            raise TransientSinkError(f"sink {self.url}: {type(exc).__name__}: {exc}") from exc
-        except (SinkError, TransientSinkError):
-            raise
-        except Exception as exc:  # botocore/aiohttp errors that fsspec does not translate
+        except Exception as exc:  # OSError, and botocore/aiohttp errors fsspec does not translate
             code = _error_code(exc)
             if code in _TERMINAL_CODES:
                 raise SinkError(f"sink {self.url}: {code}: {exc}") from exc

@@ -97,7 +97,8 @@ def test_unwritable_sink_exits_4_and_names_the_sink(deployment: Deployment, tmp_
     proc = deployment.start()
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 4, err
-    assert "NotADirectoryError" in err or "FileExistsError" in err or "sink" in err
+    assert f"error: sink {blocker / 'landing'}: " in err, err
+    assert "NotADirectoryError" in err or "FileExistsError" in err
 
 
 def test_bad_frames_are_counted_kept_aside_and_nothing_else_is_lost(
