@@ -12,14 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import msgspec
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -27,13 +25,14 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from connector import layout, ledger
+from connector import ledger
+from connector.config import Config, Subscription
 from connector.errors import Transient
+from connector.gaps import Gap
+from connector.intake import now_us
+from connector.jobs import Identity
 from connector.query import matches
-from connector.records import Identity, identities
-from connector.runner import Runner, now_us
-from connector.schema import IDENTITY
-from connector.spool import DATA
+from connector.spool import RecordMeta
 from connector.timeparse import format_us, parse_timestamp_us
 
 log = logging.getLogger(__name__)
@@ -54,57 +53,59 @@ class RestUnavailable(Transient):
         self.retry_after = retry_after
 
 
-@dataclass(frozen=True)
-class Gap:
-    subscription: str
-    start_us: int
-    end_us: int
+@dataclass
+class BackfillPort:
+    """All backfill may see and do of the rest of the connector."""
+
+    subscriptions: Callable[[], Mapping[str, Subscription]]
+    stopping: asyncio.Event
+    ingest: Callable[[RecordMeta, bytes, int], bool]  # spool a chunk; False when it is full
+    record: Callable[[dict[str, Any]], None]  # a ledger event
+    barrier: Callable[[], Awaitable[None]]  # everything spooled so far is landed
+    gate: asyncio.Lock  # held: no file becomes visible
+    spooled_identities: Callable[[str], Awaitable[set[Identity]]]
+    landed_identities: Callable[[str, int, int], Awaitable[set[Identity]]]
+    settle: Callable[[Gap], None]  # done with a gap (healed, refused or unrecoverable)
+    counted: Callable[[int], None]  # rows backfilled
 
 
 class Backfiller:
-    def __init__(self, runner: Runner) -> None:
-        self.runner = runner
-        self.cfg = runner.cfg
+    def __init__(self, cfg: Config, port: BackfillPort) -> None:
+        self.cfg = cfg
+        self.port = port
         self._queue: asyncio.Queue[Gap] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
 
-    def attach(self) -> None:
-        self.runner.hooks.append(self.on_gap)
+    def on_gap(self, gap: Gap) -> None:
+        self._queue.put_nowait(gap)
 
-    def on_gap(self, name: str, start_us: int, end_us: int) -> None:
-        self._queue.put_nowait(Gap(name, start_us, end_us))
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._worker(), name="backfill")
-
-    async def _worker(self) -> None:
+    async def run(self) -> None:
+        """One gap at a time, until cancelled at shutdown (pending gaps stay in the checkpoint)."""
         ssl_context: ssl.SSLContext | bool = False
         if self.cfg.source.rest_base.startswith("https"):
             ca = self.cfg.source.ca_file
             ssl_context = ssl.create_default_context(cafile=str(ca) if ca else None)
         connector = aiohttp.TCPConnector(ssl=ssl_context)
         async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
-            while not self._queue.empty() and not self.runner.stopping.is_set():
-                gap = self._queue.get_nowait()
+            while not self.port.stopping.is_set():
+                gap = await self._queue.get()
                 try:
                     done = await self._heal(session, gap)
                 except Exception:
                     log.exception("backfill of %s failed unexpectedly", gap.subscription)
                     self._record(gap, gap.start_us, gap.end_us, "failed", error="internal error")
                     done = False
-                if self.runner.stopping.is_set():
+                if self.port.stopping.is_set():
                     return  # the gap stays pending in the checkpoint for the next start
                 if done:
-                    self.runner.gap_done(gap.subscription, gap.start_us, gap.end_us)
+                    self.port.settle(gap)
                 else:
                     # Transient failure: try again later; max_window turns it unrecoverable.
-                    asyncio.get_running_loop().call_later(
-                        RETRY_SECONDS, self.on_gap, gap.subscription, gap.start_us, gap.end_us
-                    )
+                    asyncio.get_running_loop().call_later(RETRY_SECONDS, self.on_gap, gap)
 
     async def _heal(self, session: aiohttp.ClientSession, gap: Gap) -> bool:
         """True when the gap is settled (healed, refused or unrecoverable); False to retry."""
         bf = self.cfg.backfill
-        sub = self.runner.subscriptions.get(gap.subscription)
+        sub = self.port.subscriptions().get(gap.subscription)
         if sub is None:
             return True
         overlap = int(bf.overlap_seconds * 1_000_000)
@@ -133,16 +134,16 @@ class Backfiller:
                 self._record(gap, start, end, "failed", error=error, **counts)
                 return False
             wanted = await asyncio.to_thread(_select, fetched, dict(sub.query), lo, hi)
-            await self.runner.flush_barrier()
+            await self.port.barrier()
             # No file becomes visible while we look: landed + spooled is everything we have.
-            async with self.runner.commit_gate:
-                have = self.runner.spooled_identities(gap.subscription)
-                have |= await asyncio.to_thread(self._landed_identities, gap.subscription, lo, hi)
+            async with self.port.gate:
+                have = await self.port.spooled_identities(gap.subscription)
+                have |= await self.port.landed_identities(gap.subscription, lo, hi)
             fresh = await asyncio.to_thread(_fresh, wanted, have)
             for i in range(0, len(fresh), CHUNK):
                 chunk = fresh[i : i + CHUNK]
                 payload = msgspec.json.encode({"observations": chunk})
-                meta = {"sub": gap.subscription, "id": None, "origin": "backfill", "n": len(chunk)}
+                meta = RecordMeta(sub=gap.subscription, origin="backfill", n=len(chunk))
                 if not await self._ingest(meta, payload, len(chunk)):
                     error = "spool full during backfill"
                     self._record(gap, start, end, "failed", error=error, **counts)
@@ -150,7 +151,7 @@ class Backfiller:
             counts["fetched"] += len(fetched)
             counts["matched"] += len(wanted)
             counts["rows"] += len(fresh)
-            self.runner.totals.backfilled += len(fresh)
+            self.port.counted(len(fresh))
         log.info(
             "backfilled %s %s..%s: %d fetched, %d matched, %d new",
             gap.subscription,
@@ -163,20 +164,20 @@ class Backfiller:
         self._record(gap, start, end, "ok", **counts)
         return True
 
-    async def _ingest(self, meta: dict[str, Any], payload: bytes, rows: int) -> bool:
+    async def _ingest(self, meta: RecordMeta, payload: bytes, rows: int) -> bool:
         """Spool a backfill chunk, waiting (bounded) for committed cuts to free spool space."""
         deadline = asyncio.get_running_loop().time() + SPOOL_WAIT_SECONDS
-        while not self.runner.ingest(DATA, meta, payload, rows, now_us(), None):
-            if asyncio.get_running_loop().time() > deadline or self.runner.stopping.is_set():
+        while not self.port.ingest(meta, payload, rows):
+            if asyncio.get_running_loop().time() > deadline or self.port.stopping.is_set():
                 return False
-            await self.runner.flush_barrier()
+            await self.port.barrier()
             await asyncio.sleep(0.2)
         return True
 
     def _record(self, gap: Gap, start: int, end: int, outcome: str, **fields: Any) -> None:
         if outcome != "ok":
             log.warning("backfill of %s: %s (%s)", gap.subscription, outcome, fields.get("error"))
-        self.runner.record(
+        self.port.record(
             ledger.event(
                 ledger.BACKFILL,
                 gap.subscription,
@@ -237,29 +238,6 @@ class Backfiller:
                         raise RestRefused(f"HTTP {resp.status}: {await _error_name(resp)}")
                     return await resp.json(loads=msgspec.json.decode)
         raise AssertionError("unreachable")
-
-    def _landed_identities(self, name: str, start: int, end: int) -> set[Identity]:
-        """Identities of rows of this subscription already in the sink, within [start, end]."""
-        sink = self.runner.sink
-        spec = self.cfg.source.observation_spec_id
-        found: set[Identity] = set()
-        hour = start // 3_600_000_000 * 3_600_000_000
-        while hour <= end:
-            stamp = format_us(hour)
-            directory = layout.partition_dir(spec, stamp[:10], int(stamp[11:13]))
-            for path in sink.list(directory):
-                if not path.endswith(".parquet"):
-                    continue
-                with sink.fs.open(sink.path(path), "rb") as fh:
-                    table = pq.read_table(fh, columns=[*IDENTITY, "subscription"])
-                micros = table["timestamp"].cast(pa.int64())
-                mask = pc.and_(
-                    pc.equal(table["subscription"], name),
-                    pc.and_(pc.greater_equal(micros, start), pc.less_equal(micros, end)),
-                )
-                found |= identities(table.filter(mask))
-            hour += 3_600_000_000
-        return found
 
 
 def _select(fetched: list[Any], query: dict[str, Any], start: int, end: int) -> list[Any]:

@@ -115,8 +115,9 @@ def _run_loop(cfg: Config, config_path: Path | None) -> int:
 
 
 async def _run(cfg: Config, config_path: Path | None) -> None:
-    from connector.service import attach_signals, build
+    from connector.runner import Runner
+    from connector.service import attach_signals
 
-    runner = build(cfg)
+    runner = Runner(cfg)
     attach_signals(runner, config_path)
     await runner.run()

@@ -108,9 +108,9 @@ def run(args: argparse.Namespace) -> int:
 async def _stream(cfg: Config, seconds: float, out: TextIO) -> dict[str, Any]:
     from dataclasses import asdict
 
-    from connector.service import build
+    from connector.runner import Runner
 
-    runner = build(cfg)
+    runner = Runner(cfg)
     task = asyncio.create_task(runner.run())
     tty = out.isatty()
     started = last_time = time.monotonic()

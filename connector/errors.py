@@ -62,6 +62,12 @@ class TransientSinkError(Transient):
     """A write that may succeed on retry."""
 
 
+def is_transient(exc: BaseException) -> bool:
+    """The one retry predicate: only errors marked Transient are retried. Anything else that
+    nobody classified is a bug and must surface (the data stays safe in the spool)."""
+    return isinstance(exc, Transient)
+
+
 def describe(errors: list[dict[str, object]]) -> str:
     """Render the server's `errors` list as `Name(arg=value, ...)` items for logs and stderr."""
     parts = []

@@ -1,81 +1,63 @@
-"""One cut -> files on the sink. Synchronous on purpose: the runner calls it in a worker thread.
+"""One cut -> files on the sink. Runs in the converter process (`connector.worker`).
 
-Reads the cut's frames back from the spool (the same path serves live flushes and replays after a
-crash), converts, partitions, encodes, and puts each file under a name derived from the cut.
+Reads the cut's frames back from the spool files (the same path serves live flushes and replays
+after a crash), converts them a piece at a time (Python objects for one piece at most; the cut
+itself is held only as compact Arrow columns), partitions, encodes, and puts each file under a
+name derived from the cut.
 """
 
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 
 import msgspec
+import pyarrow as pa
 
 from connector import layout, parquet
+from connector.columnar import convert
 from connector.errors import Crashed
-from connector.records import Columns, FrameMeta, Rejected
+from connector.jobs import CutJob, FlushResult, FlushSettings
+from connector.records import FrameMeta, Rejected
 from connector.sink import Sink
-from connector.spool import DATA, DEAD, LEDGER, Spool
+from connector.spool import DATA, DEAD, LEDGER, Record, read_ranges
+
+# A piece is converted at once: its frames' Python objects live only while it is converted.
+PIECE_OBSERVATIONS = 20_000
+PIECE_BYTES = 8 << 20
 
 
-@dataclass
-class FlushResult:
-    files: list[tuple[str, int, int]] = field(default_factory=list)  # (path, rows, bytes)
-    rows: int = 0
-    bytes: int = 0
-    rejected: int = 0
-    ledger_events: int = 0
-    rows_by_subscription: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class FlushSettings:
-    writer_id: str
-    compression: str = "zstd"
-    compression_level: int | None = None
-    row_group_rows: int = 100_000
-
-
-def flush_cut(
-    spool: Spool, first: int, last: int, sink: Sink, settings: FlushSettings
-) -> FlushResult:
-    # The cut record and its frames must be on disk before files named after them exist: after
-    # a power loss, a replay must find the same cut, not re-cut and write other names.
-    spool.sync()
-    columns = Columns()
-    ledger: list[bytes] = []
-    seen = 0
-    for rec in spool.read(first, last):
-        seen += 1
-        if rec.kind == DATA:
-            meta = FrameMeta(
-                rec.seq,
-                rec.received_at_us,
-                rec.meta["sub"],
-                rec.meta.get("id"),
-                rec.meta.get("origin", "stream"),
-            )
-            columns.add_frame(meta, rec.payload)
-        elif rec.kind == DEAD:
-            columns.rejected.append(
-                Rejected(
-                    rec.seq,
-                    rec.received_at_us,
-                    rec.meta.get("sub"),
-                    rec.meta["reason"],
-                    rec.payload,
-                )
-            )
-        elif rec.kind == LEDGER:
-            ledger.append(rec.payload)
-    if seen != last - first + 1:
+def flush_cut(job: CutJob, sink: Sink, settings: FlushSettings) -> FlushResult:
+    reading = _Reading()
+    tables: list[pa.Table] = []
+    result = FlushResult()
+    for piece in reading.pieces(read_ranges(list(job.ranges), job.first, job.last)):
+        converted = convert(piece)
+        reading.rejected += converted.rejected
+        result.slow_rows += converted.slow_rows
+        if converted.table.num_rows:
+            tables.append(converted.table)
+    if reading.records != job.last - job.first + 1:
         # Never commit a cut short: a damaged record would silently drop rows.
         raise Crashed(
-            f"spool damaged: read {seen} of {last - first + 1} records of seq {first}-{last}"
+            f"spool damaged: read {reading.records} of {job.last - job.first + 1} records "
+            f"of seq {job.first}-{job.last}"
         )
-    stem = layout.file_stem(settings.writer_id, first, last)
-    result = FlushResult(rejected=len(columns.rejected))
-    table = columns.to_table()
+    stem = layout.file_stem(settings.writer_id, job.first, job.last)
+    result.rejected = len(reading.rejected)
+    if tables:
+        _land(pa.concat_tables(tables), stem, sink, settings, result)
+    if reading.rejected:
+        sink.put(f"{layout.DEAD_LETTER_DIR}/{stem}.jsonl", dead_letter_lines(reading.rejected))
+    if reading.ledger:
+        sink.put(f"{layout.LEDGER_DIR}/{stem}.jsonl", b"\n".join(reading.ledger) + b"\n")
+    result.ledger_events = len(reading.ledger)
+    return result
+
+
+def _land(
+    table: pa.Table, stem: str, sink: Sink, settings: FlushSettings, result: FlushResult
+) -> None:
     counts = table.group_by("subscription").aggregate([("seq", "count")])
     # By name: the column order of aggregate() output differs between pyarrow versions.
     for sub, count in zip(
@@ -94,12 +76,39 @@ def flush_cut(
         result.files.append((path, part.num_rows, len(data)))
         result.rows += part.num_rows
         result.bytes += len(data)
-    if columns.rejected:
-        sink.put(f"{layout.DEAD_LETTER_DIR}/{stem}.jsonl", dead_letter_lines(columns.rejected))
-    if ledger:
-        sink.put(f"{layout.LEDGER_DIR}/{stem}.jsonl", b"\n".join(ledger) + b"\n")
-    result.ledger_events = len(ledger)
-    return result
+
+
+class _Reading:
+    """Sorts a cut's records: DATA frames into pieces, ledger and dead records aside."""
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.ledger: list[bytes] = []
+        self.rejected: list[Rejected] = []
+
+    def pieces(self, records: Iterator[Record]) -> Iterator[list[tuple[FrameMeta, bytes]]]:
+        piece: list[tuple[FrameMeta, bytes]] = []
+        observations = size = 0
+        for rec in records:
+            self.records += 1
+            meta = rec.meta
+            if rec.kind == DATA:
+                frame = FrameMeta(rec.seq, rec.received_at_us, meta.sub or "", meta.id, meta.origin)
+                piece.append((frame, rec.payload))
+                observations += meta.n
+                size += len(rec.payload)
+                if observations >= PIECE_OBSERVATIONS or size >= PIECE_BYTES:
+                    yield piece
+                    piece, observations, size = [], 0, 0
+            elif rec.kind == DEAD:
+                reason = meta.reason or "malformed frame"
+                self.rejected.append(
+                    Rejected(rec.seq, rec.received_at_us, meta.sub, reason, rec.payload)
+                )
+            elif rec.kind == LEDGER:
+                self.ledger.append(rec.payload)
+        if piece:
+            yield piece
 
 
 def dead_letter_lines(rejected: list[Rejected]) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
 import pyarrow as pa
@@ -17,9 +18,24 @@ def file_stem(writer_id: str, first: int, last: int) -> str:
     return f"{writer_id}-{first:012d}-{last:012d}"
 
 
+SPEC_PREFIX = "observation_spec_id="
+_HOUR_US = 3_600_000_000
+
+
+def hour_dirs(start_us: int, end_us: int) -> list[str]:
+    """`date=.../hour=..` folder names (below any spec's folder) of every hour in the range."""
+    out = []
+    hour = start_us // _HOUR_US * _HOUR_US
+    while hour <= end_us:
+        at = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=hour)
+        out.append(f"date={at.date().isoformat()}/hour={at.hour:02d}")
+        hour += _HOUR_US
+    return out
+
+
 def partition_dir(spec: str, date: str, hour: int) -> str:
     # Percent-encoding keeps a '/' or '=' in a spec id from creating bogus partitions.
-    return f"observation_spec_id={quote(spec, safe='')}/date={date}/hour={hour:02d}"
+    return f"{SPEC_PREFIX}{quote(spec, safe='')}/date={date}/hour={hour:02d}"
 
 
 def split(table: pa.Table) -> Iterator[tuple[str, pa.Table]]:

@@ -30,7 +30,7 @@ class _Kind(msgspec.Struct):
 def _kind(raw: bytes) -> str | None:
     try:
         return msgspec.json.decode(raw, type=_Kind).type
-    except msgspec.DecodeError:  # ValidationError is a DecodeError
+    except (msgspec.DecodeError, ValueError, RecursionError):  # ValidationError: a DecodeError
         return None
 
 
@@ -38,12 +38,14 @@ def _kind(raw: bytes) -> str | None:
 class Subscribed:
     name: str
     id: str
+    token: int = 0  # the caller's token for the subscribe this answers
 
 
 @dataclass(frozen=True, slots=True)
 class SubscribeFailed:
     name: str
     errors: list[dict[str, Any]]
+    token: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +82,7 @@ class Protocol:
     """State of one connection: pending subscribe requests and the id -> name mapping."""
 
     def __init__(self) -> None:
-        self._pending: deque[str] = deque()
+        self._pending: deque[tuple[str, int]] = deque()
         self._names: dict[str, str] = {}
         # Data can still arrive for an id after we unsubscribed it; it is ours, not unknown.
         self._retired: dict[str, str] = {}
@@ -90,13 +92,21 @@ class Protocol:
         """Current name -> subscription id."""
         return {name: sid for sid, name in self._names.items()}
 
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
+    def pending(self, name: str) -> bool:
+        """Whether a subscribe for `name` still waits for its reply."""
+        return any(pending == name for pending, _ in self._pending)
 
-    def subscribe(self, name: str, query: Any) -> str:
-        self._pending.append(name)
+    def subscribe(self, name: str, query: Any, token: int = 0) -> str:
+        """The subscribe message; its reply will carry `name` and `token`."""
+        self._pending.append((name, token))
         return encode({"type": "subscribe", "query": query})
+
+    def unsubscribe_id(self, sid: str) -> str:
+        """Unsubscribe a subscription id that was never adopted (a superseded reply)."""
+        name = self._names.pop(sid, None)
+        if name is not None:
+            self._retired[sid] = name
+        return encode({"type": "unsubscribe", "id": sid})
 
     def unsubscribe(self, name: str) -> str | None:
         for sid, known in list(self._names.items()):
@@ -107,7 +117,7 @@ class Protocol:
         return None
 
     def receive(self, frame: bytes | str) -> Event:
-        raw = frame.encode() if isinstance(frame, str) else frame
+        raw = frame.encode("utf-8", "surrogatepass") if isinstance(frame, str) else frame
         try:
             env = _DECODER.decode(raw)
         except msgspec.ValidationError as exc:
@@ -115,28 +125,28 @@ class Protocol:
                 # Still the reply to the oldest subscribe: consuming it keeps the order-based
                 # correlation right (otherwise every later reply lands on the wrong name).
                 detail = [{"name": "reason", "value": str(exc)}]
-                return SubscribeFailed(
-                    self._pending.popleft(), [{"error": "MalformedReply", "args": detail}]
-                )
+                name, token = self._pending.popleft()
+                return SubscribeFailed(name, [{"error": "MalformedReply", "args": detail}], token)
             return Malformed(f"unexpected message shape: {exc}", raw)
-        except msgspec.DecodeError as exc:
-            return Malformed(f"not valid JSON: {exc}", raw)
+        except (msgspec.DecodeError, ValueError, RecursionError) as exc:
+            # ValueError: invalid UTF-8; RecursionError: nesting deeper than the decoder allows.
+            return Malformed(f"not valid JSON: {type(exc).__name__}: {str(exc)[:200]}", raw)
         if env.type == "data":
             if env.id is None or env.observations is None:
                 return Malformed("data message without id or observations", raw)
-            name = self._names.get(env.id) or self._retired.get(env.id)
-            if name is None:
+            known = self._names.get(env.id) or self._retired.get(env.id)
+            if known is None:
                 return Malformed(f"data for unknown subscription id {env.id}", raw)
-            return Data(name, env.id, len(env.observations), raw)
+            return Data(known, env.id, len(env.observations), raw)
         if env.type == "subscribed":
             if not self._pending:
                 return Malformed("subscribed reply without a pending subscribe", raw)
-            name = self._pending.popleft()
+            name, token = self._pending.popleft()
             errors = [e for e in env.errors or [] if isinstance(e, dict)]
             if env.id is None or errors:
-                return SubscribeFailed(name, errors or [{"error": "NoSubscriptionId"}])
+                return SubscribeFailed(name, errors or [{"error": "NoSubscriptionId"}], token)
             self._names[env.id] = name
-            return Subscribed(name, env.id)
+            return Subscribed(name, env.id, token)
         if env.type == "error":
             return ServerError([e for e in env.errors or [] if isinstance(e, dict)])
         return Malformed(f"unknown message type {env.type[:40]!r}", raw)

@@ -2,20 +2,23 @@
 
 Typed columns hold what they can hold exactly; anything else (unknown fields, explicit nulls,
 non-canonical timestamp spellings, property lists a map cannot represent) goes verbatim into the
-`extra` JSON column, so `row_to_observation` rebuilds the original object.
+`extra` JSON column, so the original object can be rebuilt from a row (the tests' oracle does).
+
+This is the general path: `columnar` sends here only what its fast path cannot hold exactly.
+Nothing an observation contains may raise out of here: what does not fit is `Rejected`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 import pyarrow as pa
 
 from connector.schema import SCHEMA
-from connector.timeparse import format_us, parse_timestamp_ns, parse_z
+from connector.timeparse import parse_timestamp_ns, parse_z
 
 _KNOWN = {
     "sourceSystemId",
@@ -70,6 +73,8 @@ class _Observation(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _split_decoder = msgspec.json.Decoder(_DataFrame)
+# What msgspec raises for input it cannot decode (UnicodeDecodeError is a ValueError).
+_UNDECODABLE = (msgspec.DecodeError, ValueError, RecursionError)
 _observation_decoder = msgspec.json.Decoder(_Observation)
 
 
@@ -160,18 +165,20 @@ class Columns:
     def add_frame(self, meta: FrameMeta, raw: bytes) -> None:
         try:
             observations = _split_decoder.decode(raw).observations
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except _UNDECODABLE:
             self.rejected.append(
                 Rejected(meta.seq, meta.received_at_us, meta.subscription, "bad data frame", raw)
             )
             return
+        self.add_observations(meta, enumerate(observations))
+
+    def add_observations(
+        self, meta: FrameMeta, items: Iterable[tuple[int, msgspec.Raw | bytes]]
+    ) -> None:
+        """Append these observations of one frame (index in the frame, verbatim JSON)."""
         before = len(self._ts)
-        fast, decode = self._add_typed, _observation_decoder.decode
-        for index, text in enumerate(observations):
-            try:
-                problem = fast(decode(text))
-            except (msgspec.ValidationError, _NotExact):
-                problem = self._add(msgspec.json.decode(text))
+        for index, text in items:
+            problem = self._add_text(text)
             if problem is not None:
                 self.rejected.append(
                     Rejected(
@@ -184,6 +191,18 @@ class Columns:
                     )
                 )
         self._runs.append((meta, len(self._ts) - before))
+
+    def _add_text(self, text: msgspec.Raw | bytes) -> str | None:
+        try:
+            try:
+                return self._add_typed(_observation_decoder.decode(text))
+            except (msgspec.ValidationError, _NotExact):
+                return self._add(msgspec.json.decode(text))
+        except _UNDECODABLE as exc:
+            # Invalid UTF-8, numbers beyond float64, nesting deeper than the decoder allows.
+            return f"undecodable observation: {type(exc).__name__}"
+        except Exception as exc:  # one observation must never fail its cut
+            return f"observation cannot be converted: {type(exc).__name__}"
 
     def _add_typed(self, obs: _Observation) -> str | None:
         """Fast path for a documented-shape observation; raises _NotExact to defer to `_add`."""
@@ -208,24 +227,22 @@ class Columns:
         if name is None:  # explicit null, unlike an absent name
             extra = extra or {}
             extra["name"] = None
-        style = obs.style
+        style = None if isinstance(obs.style, msgspec.UnsetType) else bytes(obs.style)
+        verbatim = [*(static[1] if static else ()), *(live[1] if live else ()), style or b""]
+        try:  # verbatim JSON text is not checked by the decoder: it must be UTF-8 to land
+            b"".join(verbatim).decode("utf-8")
+        except UnicodeDecodeError:
+            return "undecodable observation: text is not UTF-8"
         self._append(
             (obs.sourceSystemId, obs.collectionId, obs.observationSpecId, obs.trackId),
             (us, lon, lat, elevation),
             None if isinstance(name, msgspec.UnsetType) else name,
             static,
             live,
-            None if isinstance(style, msgspec.UnsetType) else bytes(style),
+            style,
             extra,
         )
         return None
-
-    def add_observation(self, meta: FrameMeta, obs: Any) -> str | None:
-        """Append one observation; returns why it does not fit, or None."""
-        problem = self._add(obs)
-        if problem is None:
-            self._runs.append((meta, 1))
-        return problem
 
     def _add(self, obs: Any) -> str | None:
         # Everything that can reject is checked before the first append.
@@ -285,6 +302,11 @@ class Columns:
         extra: dict[str, Any] | None,
     ) -> None:
         """The one place a row enters the builders (both paths validate before calling)."""
+        # The steps that can raise come first, so a failing row leaves no partial append.
+        extra_text = _json(extra) if extra else None
+        keys = (*(static[0] if static else ()), *(live[0] if live else ()))
+        # A lone surrogate (from a \\ud800 escape) is no UTF-8: UnicodeEncodeError, rejected.
+        "".join((*ids, name or "", *keys)).encode("utf-8")
         self._source.append(ids[0])
         self._collection.append(ids[1])
         self._spec.append(ids[2])
@@ -297,7 +319,7 @@ class Columns:
         self._static.add_or_null(static)
         self._live.add_or_null(live)
         self._style.append(style)
-        self._extra.append(_json(extra) if extra else None)
+        self._extra.append(extra_text)
 
     def to_table(self) -> pa.Table:
         meta_columns: dict[str, list[Any]] = {
@@ -418,37 +440,3 @@ def identities(table: pa.Table) -> set[Identity]:
             strict=True,
         )
     )
-
-
-def row_to_observation(row: dict[str, Any]) -> dict[str, Any]:
-    """Rebuild the original observation from a row (as read back from Parquet/DuckDB).
-
-    `timestamp` may be a datetime or int microseconds; maps may be lists of pairs or dicts.
-    """
-    extra: dict[str, Any] = msgspec.json.decode(row["extra"]) if row.get("extra") else {}
-    obs: dict[str, Any] = {wire: row[column] for wire, column in _IDS}
-    ts = row["timestamp"]
-    obs["timestamp"] = format_us(ts if isinstance(ts, int) else _datetime_us(ts))
-    position: dict[str, Any] = {"longitude": row["longitude"], "latitude": row["latitude"]}
-    if row.get("elevation") is not None:
-        position["elevation"] = row["elevation"]
-    obs["position"] = position
-    if row.get("name") is not None:
-        obs["name"] = row["name"]
-    for wire, column in (
-        ("staticProperties", "static_properties"),
-        ("liveProperties", "live_properties"),
-    ):
-        entries = row.get(column)
-        if entries is not None:
-            pairs = entries.items() if isinstance(entries, dict) else entries
-            obs[wire] = [{"propertyType": k, "value": msgspec.json.decode(v)} for k, v in pairs]
-    if row.get("style") is not None:
-        obs["style"] = msgspec.json.decode(row["style"])
-    obs.update(extra)
-    return obs
-
-
-def _datetime_us(value: datetime) -> int:
-    delta = value.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds

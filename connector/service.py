@@ -1,4 +1,4 @@
-"""Builds a runner with its process-level attachments: backfill, SIGHUP reload."""
+"""Process-level attachments of a runner: signals (stop, SIGHUP reload)."""
 
 from __future__ import annotations
 
@@ -7,19 +7,11 @@ import logging
 import signal
 from pathlib import Path
 
-from connector.backfill import Backfiller
-from connector.config import Config, load_config
+from connector.config import load_config
 from connector.errors import ConfigError
 from connector.runner import Runner
 
 log = logging.getLogger(__name__)
-
-
-def build(cfg: Config) -> Runner:
-    runner = Runner(cfg)
-    if cfg.backfill.enabled:
-        Backfiller(runner).attach()
-    return runner
 
 
 def attach_signals(runner: Runner, config_path: Path | None) -> None:
@@ -37,9 +29,4 @@ def _schedule_reload(runner: Runner, path: Path) -> None:
         log.error("reload refused, the running config stays: %s", exc)
         return
     log.info("reloading subscriptions from %s", path)
-    task = asyncio.get_running_loop().create_task(runner.reload(cfg))
-    _pending.add(task)
-    task.add_done_callback(_pending.discard)
-
-
-_pending: set[asyncio.Task[None]] = set()
+    runner.watch(runner.reload(cfg), "reload")

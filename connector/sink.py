@@ -7,6 +7,7 @@ once: permanent ones become SinkError (stop, keep the data), the rest TransientS
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 import os
@@ -82,8 +83,17 @@ class Sink:
         prefix = self.root + "/" if self.root else ""
         return sorted(p[len(prefix) :] if p.startswith(prefix) else p for p in found)
 
-    def read(self, relative: str) -> bytes:
-        return self._translate(self.fs.cat_file, self.path(relative))  # type: ignore[no-any-return]
+    def list_dirs(self, relative: str) -> builtins.list[str]:
+        """Names of the folders directly below `relative`."""
+        base = self.path(relative) if relative else self.root
+        try:
+            entries = self.fs.ls(base, detail=True)
+        except FileNotFoundError:
+            return []
+        names = (
+            e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory"
+        )
+        return sorted(names)
 
     def check(self) -> None:
         """Fail fast at start-up when the sink cannot be written at all (bucket missing, denied)."""

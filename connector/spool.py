@@ -5,6 +5,10 @@ anything else happens to it. A record is: header `<IIB` (body length, crc32 of b
 body `<Qq` (seq, received_at in us) + `<H` meta length + meta JSON + payload. A torn tail (a
 crash mid-write) fails its length or crc check and is truncated on open. Segments are named by
 their first sequence number and deleted once the checkpoint has committed past their last one.
+
+A cut is read back by another process (the converter), so reading works from plain byte ranges
+(`SpoolRange`) and needs nothing of this object. The in-memory index is sparse (one entry per
+`INDEX_BYTES` of a segment): its size grows with the spool's bytes, not its number of frames.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
@@ -28,10 +31,29 @@ _HEADER = struct.Struct("<IIB")
 _BODY = struct.Struct("<QqH")
 DATA, DEAD, CUT, LEDGER = 1, 2, 3, 4
 _SUFFIX = ".seg"
+INDEX_BYTES = 1 << 20
+_CHUNK = 1 << 20
 
 
 class SpoolFull(Exception):
     """The spool reached `state.max_spool_bytes`; the caller records the loss as a gap."""
+
+
+class RecordMeta(msgspec.Struct, omit_defaults=True, frozen=True):
+    """What the connector knew about a record when it spooled it (typed, versioned by field)."""
+
+    sub: str | None = None  # configured subscription name
+    id: str | None = None  # the server's subscription id (None for backfill)
+    origin: str = "stream"
+    n: int = 0  # observations in a DATA frame
+    reason: str | None = None  # why a DEAD record was set aside
+    first: int = 0  # CUT: the range it covers
+    last: int = 0
+
+
+_NO_META = RecordMeta()
+_meta_decoder = msgspec.json.Decoder(RecordMeta)
+_encode = msgspec.json.encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +61,18 @@ class Record:
     kind: int
     seq: int
     received_at_us: int
-    meta: dict[str, Any]
+    meta: RecordMeta
     payload: bytes
     size: int  # payload length; recovery reads sizes, not payloads, to keep memory flat
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolRange:
+    """Bytes [start, end) of one segment file: enough for any process to read a cut back."""
+
+    path: str
+    start: int
+    end: int
 
 
 @dataclass
@@ -50,9 +81,14 @@ class _Segment:
     path: Path
     size: int = 0
     last_seq: int = -1
-    # (seq, offset) of each record, for reading a cut's range without a full scan.
+    # Sparse (seq, offset) pairs, one per INDEX_BYTES: where to start reading a range.
     seqs: list[int] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
+
+    def index(self, seq: int, offset: int) -> None:
+        if not self.offsets or offset - self.offsets[-1] >= INDEX_BYTES:
+            self.seqs.append(seq)
+            self.offsets.append(offset)
 
 
 @dataclass
@@ -60,7 +96,8 @@ class Recovered:
     """What `open()` found beyond the committed sequence number."""
 
     cuts: list[tuple[int, int]]
-    tail: list[Record]  # records after the last recorded cut, in order, payloads not loaded
+    tail_first: int  # the first seq not covered by a recorded cut (see `tail()`)
+    tail_records: int
     torn_bytes: int
     last_received_us: int  # newest receive time on record: where a crash's gap begins
 
@@ -74,41 +111,45 @@ class Spool:
         self._fd: int | None = None
         self.next_seq = 1
         self._dirty = False
+        self._dir_dirty = False
+        self._lock = threading.Lock()  # guards the fd against a sync thread racing a rotation
         self._retiring: list[threading.Thread] = []
         self._size = 0  # bytes in all segments; checked on every append
+        self.frames = 0  # DATA/DEAD/LEDGER records held (a gauge for operators)
 
     # -- start-up -------------------------------------------------------------------------
     def open(self, committed_seq: int) -> Recovered:
         """Scan segments, truncate a torn tail, and return what still needs landing."""
         self.dir.mkdir(parents=True, exist_ok=True)
         cuts: list[tuple[int, int]] = []
-        pending: list[Record] = []
+        tail_first = committed_seq + 1
+        tail_records = 0
         torn = 0
         max_seq = committed_seq
         last_received = 0
         for path in sorted(self.dir.glob(f"*{_SUFFIX}")):
             seg = _Segment(int(path.stem), path)
             good_end = 0
-            with open(path, "rb") as fh:
-                data = fh.read()
-            for offset, end, record in _scan(data, with_payload=False):
+            for offset, end, record in _scan_file(str(path), 0, None, with_payload=False):
                 good_end = end
-                self._index(seg, record, offset)
+                self._note(seg, record.kind, record.seq, offset)
                 max_seq = max(max_seq, record.seq)
                 if record.kind == DATA:
                     last_received = max(last_received, record.received_at_us)
                 if record.seq <= committed_seq:
                     continue
                 if record.kind == CUT:
-                    first, last = record.meta["first"], record.meta["last"]
-                    cuts.append((first, last))
-                    pending = [r for r in pending if r.seq > last]
-                else:
-                    pending.append(record)
-            if good_end < len(data):
-                torn += len(data) - good_end
+                    cuts.append((record.meta.first, record.meta.last))
+                    if record.meta.last >= tail_first:
+                        tail_first = record.meta.last + 1
+                        tail_records = 0
+                elif record.seq >= tail_first:
+                    tail_records += 1
+            actual = path.stat().st_size
+            if good_end < actual:
+                torn += actual - good_end
                 log.warning(
-                    "spool segment %s: truncating %d torn bytes", path.name, len(data) - good_end
+                    "spool segment %s: truncating %d torn bytes", path.name, actual - good_end
                 )
                 with open(path, "r+b") as fh:
                     fh.truncate(good_end)
@@ -117,14 +158,20 @@ class Spool:
             self._size += good_end
             self._segments.append(seg)
         self.next_seq = max_seq + 1
-        return Recovered(cuts, pending, torn, last_received)
+        return Recovered(cuts, tail_first, tail_records, torn, last_received)
 
-    @staticmethod
-    def _index(seg: _Segment, record: Record, offset: int) -> None:
-        seg.last_seq = max(seg.last_seq, record.seq)
-        if record.kind != CUT:  # cuts are never read back as data
-            seg.seqs.append(record.seq)
-            seg.offsets.append(offset)
+    def tail(self, first: int) -> Iterator[Record]:
+        """Records from `first` on (payloads not loaded): what recovery must cut again."""
+        for r in self.ranges(first, self.next_seq - 1):
+            for _, _, record in _scan_file(r.path, r.start, r.end, with_payload=False):
+                if record.seq >= first and record.kind != CUT:
+                    yield record
+
+    def _note(self, seg: _Segment, kind: int, seq: int, offset: int) -> None:
+        seg.last_seq = max(seg.last_seq, seq)
+        if kind != CUT:  # cuts are never read back as data
+            seg.index(seq, offset)
+            self.frames += 1
 
     # -- writing --------------------------------------------------------------------------
     @property
@@ -134,15 +181,16 @@ class Spool:
     def append(
         self,
         kind: int,
-        meta: dict[str, Any],
+        meta: RecordMeta,
         payload: bytes,
         received_at_us: int,
         *,
         force: bool = False,
     ) -> int:
-        """Append a DATA, DEAD or LEDGER record; returns its sequence number. Raises SpoolFull."""
-        if not force and self.size_bytes + len(payload) > self.max_bytes:
-            raise SpoolFull(f"spool holds {self.size_bytes} bytes, limit {self.max_bytes}")
+        """Append a DATA, DEAD or LEDGER record; returns its sequence number. Raises SpoolFull,
+        or OSError when the disk refuses the write (then nothing of the record stays)."""
+        if not force and self._size + len(payload) > self.max_bytes:
+            raise SpoolFull(f"spool holds {self._size} bytes, limit {self.max_bytes}")
         seq = self.next_seq
         self._write(kind, seq, received_at_us, meta, payload)
         self.next_seq += 1
@@ -150,21 +198,26 @@ class Spool:
 
     def append_cut(self, first: int, last: int, at_us: int) -> None:
         """Record a flush decision before any file is written: replays honour it."""
-        self._write(CUT, last, at_us, {"first": first, "last": last}, b"")
+        self._write(CUT, last, at_us, RecordMeta(first=first, last=last), b"")
 
-    def _write(self, kind: int, seq: int, at_us: int, meta: dict[str, Any], payload: bytes) -> None:
+    def _write(self, kind: int, seq: int, at_us: int, meta: RecordMeta, payload: bytes) -> None:
         seg = self._current()
-        meta_bytes = msgspec.json.encode(meta)
+        meta_bytes = b"{}" if meta is _NO_META else _encode(meta)
         body = b"".join((_BODY.pack(seq, at_us, len(meta_bytes)), meta_bytes, payload))
         record = _HEADER.pack(len(body), zlib.crc32(body), kind) + body
         assert self._fd is not None
         offset = seg.size
-        written = os.write(self._fd, record)
-        while written < len(record):  # os.write may be partial on huge records
-            written += os.write(self._fd, record[written:])
+        try:
+            written = os.write(self._fd, record)
+            while written < len(record):  # os.write may be partial on huge records
+                written += os.write(self._fd, record[written:])
+        except OSError:
+            # A full disk must not leave half a record that later reads take for damage.
+            os.ftruncate(self._fd, offset)
+            raise
         seg.size += len(record)
         self._size += len(record)
-        self._index(seg, Record(kind, seq, at_us, meta, b"", len(payload)), offset)
+        self._note(seg, kind, seq, offset)
         self._dirty = True
 
     def _current(self) -> _Segment:
@@ -174,40 +227,51 @@ class Spool:
         seg = _Segment(self.next_seq, self.dir / f"{self.next_seq:020d}{_SUFFIX}")
         if self._segments and self._segments[-1].path == seg.path:
             seg = self._segments.pop()  # reopen the last segment after a restart
-        self._fd = os.open(seg.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = os.open(seg.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with self._lock:
+            self._fd = fd
         self._segments.append(seg)
-        _fsync_dir(self.dir)
+        self._dir_dirty = True  # the new name becomes durable with the next sync()
         return seg
 
     def sync(self) -> None:
-        """fsync the segment being written (and wait for retired ones): bounds what a machine
-        crash can cost. Called from worker threads, never the event loop."""
+        """fsync what was written (segments and the folder): bounds what a machine crash can
+        cost. Runs in a worker thread while the loop appends: it syncs a dup of the fd, so a
+        rotation on the loop never waits for it and never closes the fd under it."""
         while self._retiring:
             self._retiring.pop().join()
-        if self._fd is not None and self._dirty:
+        with self._lock:
+            fd = os.dup(self._fd) if self._fd is not None and self._dirty else None
             self._dirty = False
-            os.fsync(self._fd)
+            dir_dirty, self._dir_dirty = self._dir_dirty, False
+        if fd is not None:
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if dir_dirty:
+            _fsync_dir(self.dir)
 
     # -- reading and releasing --------------------------------------------------------------
-    def read(self, first: int, last: int) -> Iterator[Record]:
-        """DATA and DEAD records with first <= seq <= last, in order."""
-        for seg in list(self._segments):
+    def ranges(self, first: int, last: int) -> list[SpoolRange]:
+        """Byte ranges holding every record with first <= seq <= last (and a few around)."""
+        out = []
+        for seg in self._segments:
             if seg.last_seq < first or seg.first_seq > last or not seg.seqs:
                 continue
-            start = bisect.bisect_left(seg.seqs, first)
-            if start >= len(seg.seqs):
-                continue
-            with open(seg.path, "rb") as fh:
-                fh.seek(seg.offsets[start])
-                data = fh.read(seg.size - seg.offsets[start])
-            for _, _, record in _scan(data):
-                if record.seq > last:
-                    break
-                if record.kind != CUT and record.seq >= first:
-                    yield record
+            at = bisect.bisect_right(seg.seqs, first) - 1
+            start = seg.offsets[at] if at >= 0 else 0
+            out.append(SpoolRange(str(seg.path), start, seg.size))
+        return out
+
+    def read(self, first: int, last: int) -> Iterator[Record]:
+        """DATA, DEAD and LEDGER records with first <= seq <= last, in order."""
+        return read_ranges(self.ranges(first, last), first, last)
 
     def release(self, committed_seq: int) -> int:
-        """Delete segments wholly at or below the committed sequence number; returns how many."""
+        """Delete segments wholly at or below the committed sequence number; returns how many.
+        The folder is fsynced by the next sync(): a deletion lost to a power cut only brings
+        back records the checkpoint already skips."""
         removed = 0
         for seg in list(self._segments):
             is_current = seg is self._segments[-1] and self._fd is not None
@@ -217,48 +281,96 @@ class Spool:
                 self._size -= seg.size
                 removed += 1
         if removed:
-            _fsync_dir(self.dir)
+            self._dir_dirty = True
+            self._recount(committed_seq)
         return removed
+
+    def _recount(self, committed_seq: int) -> None:
+        # Approximate between releases; exact enough for a gauge and cheap (no scan).
+        self.frames = max(0, self.next_seq - 1 - committed_seq)
 
     def close(self) -> None:
         self.sync()
-        self._close_fd()
+        with self._lock:
+            fd, self._fd = self._fd, None
+        if fd is not None:
+            os.fsync(fd)
+            os.close(fd)
 
     def _retire_fd(self) -> None:
         """Rotation happens on the event loop: the old segment's fsync runs in a thread."""
-        if self._fd is not None:
+        with self._lock:
             fd, self._fd = self._fd, None
+        if fd is not None:
             thread = threading.Thread(target=_fsync_close, args=(fd,), name="spool-fsync")
             thread.daemon = True
             thread.start()
             self._retiring.append(thread)
 
-    def _close_fd(self) -> None:
-        if self._fd is not None:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = None
+
+def read_ranges(ranges: list[SpoolRange], first: int, last: int) -> Iterator[Record]:
+    """DATA, DEAD and LEDGER records with first <= seq <= last from `ranges`, in order. Needs
+    only the files: the converter process calls it."""
+    for r in ranges:
+        for _, _, record in _scan_file(r.path, r.start, r.end, with_payload=True):
+            if record.seq > last:
+                return
+            if record.kind != CUT and record.seq >= first:
+                yield record
 
 
-def _scan(data: bytes, *, with_payload: bool = True) -> Iterator[tuple[int, int, Record]]:
-    """Yield (offset, end, record) for each intact record; stop at the first torn one."""
-    offset, size = 0, len(data)
-    view = memoryview(data)
-    while offset + _HEADER.size <= size:
-        length, crc, kind = _HEADER.unpack_from(data, offset)
-        start = offset + _HEADER.size
-        end = start + length
-        if end > size or length < _BODY.size:
-            return
-        body = view[start:end]
-        if zlib.crc32(body) != crc:
-            return
-        seq, at_us, meta_len = _BODY.unpack_from(body)
-        meta_end = _BODY.size + meta_len
-        meta = msgspec.json.decode(body[_BODY.size : meta_end])
-        payload = bytes(body[meta_end:]) if with_payload else b""
-        yield offset, end, Record(kind, seq, at_us, meta, payload, length - meta_end)
-        offset = end
+def _scan_file(
+    path: str, start: int, end: int | None, *, with_payload: bool
+) -> Iterator[tuple[int, int, Record]]:
+    """Yield (offset, end, record) for each intact record of [start, end) in chunks (memory
+    stays at one chunk or one record); stop at the first torn one."""
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        limit = end if end is not None else os.fstat(fh.fileno()).st_size
+        base = start  # file offset of buf[0]
+        buf = b""
+        while True:
+            pos = 0
+            size = len(buf)
+            while pos + _HEADER.size <= size:
+                length, crc, kind = _HEADER.unpack_from(buf, pos)
+                body_start = pos + _HEADER.size
+                body_end = body_start + length
+                if length < _BODY.size or base + body_end > limit:
+                    return
+                if body_end > size:
+                    break  # the record continues in the next chunk
+                body = memoryview(buf)[body_start:body_end]
+                if zlib.crc32(body) != crc:
+                    return
+                seq, at_us, meta_len = _BODY.unpack_from(body)
+                meta_end = _BODY.size + meta_len
+                meta = _decode_meta(body[_BODY.size : meta_end])
+                payload = bytes(body[meta_end:]) if with_payload else b""
+                record = Record(kind, seq, at_us, meta, payload, length - meta_end)
+                yield base + pos, base + body_end, record
+                pos = body_end
+            remaining = limit - (base + size)
+            if remaining <= 0:
+                return
+            need = 0
+            if pos + _HEADER.size <= size:
+                need = _HEADER.unpack_from(buf, pos)[0] + _HEADER.size - (size - pos)
+            chunk = fh.read(min(remaining, max(_CHUNK, need)))
+            if not chunk:
+                return
+            base += pos
+            buf = buf[pos:] + chunk
+
+
+def _decode_meta(raw: memoryview) -> RecordMeta:
+    if len(raw) == 2:  # b"{}": ledger records, the common empty case
+        return _NO_META
+    try:
+        return _meta_decoder.decode(raw)
+    except msgspec.DecodeError:
+        # Written by this program, so a bad meta is damage the crc missed: keep the record.
+        return _NO_META
 
 
 def _fsync_close(fd: int) -> None:

@@ -17,7 +17,7 @@ import duckdb
 import pytest
 
 from connector.demo import DC_POLYGON
-from connector.records import row_to_observation
+from tests.oracle import row_to_observation
 from connector.simulator import SimulatorOptions, SimulatorThread
 
 TOKEN = "e2e-token-0123456789"

@@ -17,7 +17,7 @@ import pytest
 
 from connector import ledger
 from connector.flush import FlushSettings, flush_cut
-from connector.records import row_to_observation
+from tests.oracle import row_to_observation
 from connector.sink import Sink
 from connector.spool import DATA, DEAD, LEDGER, Spool
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import pyarrow as pa
 
 from connector.layout import file_stem, partition_dir, split
@@ -15,18 +16,19 @@ def table_of(rows: list[tuple[str, str, str]]) -> pa.Table:
     """(spec, track, timestamp) triples -> a real table built by connector.records."""
     columns = Columns()
     for seq, (spec, track, ts) in enumerate(rows, start=1):
-        problem = columns.add_observation(
+        observation = {
+            "sourceSystemId": "s",
+            "collectionId": "c",
+            "observationSpecId": spec,
+            "trackId": track,
+            "position": {"longitude": 1.0, "latitude": 2.0},
+            "timestamp": ts,
+        }
+        columns.add_observations(
             FrameMeta(seq, 1_719_248_400_000_000, "dc", "id", "stream"),
-            {
-                "sourceSystemId": "s",
-                "collectionId": "c",
-                "observationSpecId": spec,
-                "trackId": track,
-                "position": {"longitude": 1.0, "latitude": 2.0},
-                "timestamp": ts,
-            },
+            [(0, msgspec.json.encode(observation))],
         )
-        assert problem is None
+    assert columns.rejected == []
     return columns.to_table()
 
 

@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from connector.parquet import encode
-from connector.records import Columns, FrameMeta, row_to_observation
+from connector.records import Columns, FrameMeta
+from tests.oracle import row_to_observation
 from connector.schema import SCHEMA
 
 CASES = Path(__file__).resolve().parents[1] / "cases"

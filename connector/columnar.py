@@ -1,0 +1,317 @@
+"""Frames -> Arrow table of the fixed schema, a batch at a time. Pure: no I/O.
+
+The fast path decodes whole frames of documented-shape observations with msgspec (in C, into
+structs whose property values and style stay verbatim JSON bytes) and builds each column with
+one pass and Arrow kernels: timestamps are parsed and checked in C++, property values become a
+string array from one joined buffer. What it cannot hold exactly goes, observation by
+observation, to `records.Columns` (the general, lossless Python path): a frame that fails the
+typed decode, integer or huge coordinates, an explicit null name, a non-canonical timestamp, a
+repeated propertyType, text that is not valid UTF-8. Both paths produce the same rows (a
+differential Hypothesis test holds them to it).
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from operator import attrgetter
+
+import msgspec
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from connector.records import Columns, FrameMeta, Rejected
+from connector.schema import SCHEMA, UTC_US
+
+_UNSET = msgspec.UNSET
+_Unset = msgspec.UnsetType
+
+
+class _Field(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    propertyType: str
+    value: msgspec.Raw
+
+
+class _Position(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    longitude: float | int
+    latitude: float | int
+    elevation: float | int | _Unset = _UNSET
+
+
+class _Observation(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    sourceSystemId: str
+    collectionId: str
+    observationSpecId: str
+    trackId: str
+    position: _Position
+    timestamp: str
+    name: str | _Unset | None = _UNSET
+    staticProperties: list[_Field] | _Unset = _UNSET
+    liveProperties: list[_Field] | _Unset = _UNSET
+    style: msgspec.Raw | _Unset = _UNSET
+
+
+class _Frame(msgspec.Struct, gc=False):  # the envelope's other fields are the receiver's
+    observations: list[_Observation]
+
+
+class _RawFrame(msgspec.Struct, gc=False):
+    observations: list[msgspec.Raw]
+
+
+_frame_decoder = msgspec.json.Decoder(_Frame)
+_raw_decoder = msgspec.json.Decoder(_RawFrame)
+# format_us spelling: seconds, then 1-6 fraction digits without a trailing zero, then Z; years
+# 0001-9999 (RE2 has no lookahead, hence the spelled-out year).
+_CANONICAL = (
+    r"^([1-9]\d{3}|0[1-9]\d\d|00[1-9]\d|000[1-9])-\d\d-\d\dT([01]\d|2[0-3]):[0-5]\d:[0-5]\d"
+    r"(\.\d{0,5}[1-9])?Z$"
+)
+_Z_SHAPED = (
+    r"^([1-9]\d{3}|0[1-9]\d\d|00[1-9]\d|000[1-9])-\d\d-\d\dT([01]\d|2[0-3]):[0-5]\d:[0-5]\d"
+    r"(\.\d{1,9})?Z$"
+)
+_key = attrgetter("propertyType")
+_value = attrgetter("value")
+_chain = itertools.chain.from_iterable
+
+
+@dataclass
+class Converted:
+    table: pa.Table
+    rejected: list[Rejected] = field(default_factory=list)
+    slow_rows: int = 0  # rows that took the general path (a figure for the benchmark)
+
+
+def convert(frames: Sequence[tuple[FrameMeta, bytes]]) -> Converted:
+    """One table (schema SCHEMA, rows in no particular order) for the frames' observations."""
+    slow = Columns()
+    decoded: list[tuple[FrameMeta, bytes, list[_Observation]]] = []
+    for meta, raw in frames:
+        try:
+            decoded.append((meta, raw, _frame_decoder.decode(raw).observations))
+        except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
+            slow.add_frame(meta, raw)
+    tables = []
+    if decoded:
+        tables.append(_fast(decoded, slow))
+    slow_table = slow.to_table()
+    if slow_table.num_rows or not tables:
+        tables.append(slow_table)
+    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+    return Converted(table, slow.rejected, slow_table.num_rows)
+
+
+def _fast(decoded: list[tuple[FrameMeta, bytes, list[_Observation]]], slow: Columns) -> pa.Table:
+    observations = list(_chain(obs for _, _, obs in decoded))
+    n = len(observations)
+    if n == 0:
+        return SCHEMA.empty_table()
+    # One comprehension per column: measured 3x faster than transposing with zip(*...).
+    src = [o.sourceSystemId for o in observations]
+    col = [o.collectionId for o in observations]
+    spec = [o.observationSpecId for o in observations]
+    track = [o.trackId for o in observations]
+    ts = [o.timestamp for o in observations]
+    names = [o.name for o in observations]
+    pos = [o.position for o in observations]
+    static = [o.staticProperties for o in observations]
+    live = [o.liveProperties for o in observations]
+    style = [o.style for o in observations]
+    lon = [p.longitude for p in pos]
+    lat = [p.latitude for p in pos]
+    elev = [p.elevation for p in pos]
+    odd: set[int] = set()
+    clean = {}
+    for column, values in (("longitude", lon), ("latitude", lat)):
+        clean[column] = set(map(type, values)) == {float}
+        if not clean[column]:  # ints (exact or not) are the general path's to judge
+            odd.update(i for i, v in enumerate(values) if type(v) is not float)
+    elevations = [None if e is _UNSET else e for e in elev]
+    if not set(map(type, elevations)) <= {float, type(None)}:
+        odd.update(i for i, e in enumerate(elevations) if e is not None and type(e) is not float)
+    if None in names:  # an explicit null name: the general path keeps it in `extra`
+        odd.update(i for i, v in enumerate(names) if v is None)
+    timestamps, extra = _timestamps(pa.array(ts, pa.string()), odd)
+    static_map = _properties(static, odd)
+    live_map = _properties(live, odd)
+    style_text = _text(
+        [b"" if s is _UNSET else s for s in style], [s is _UNSET for s in style], odd
+    )
+    arrays = {
+        "source_system_id": _strings(src, odd),
+        "collection_id": _strings(col, odd),
+        "observation_spec_id": _strings(spec, odd),
+        "track_id": _strings(track, odd),
+        "timestamp": timestamps,
+        "longitude": pa.array(lon, pa.float64()) if clean["longitude"] else _floats(lon),
+        "latitude": pa.array(lat, pa.float64()) if clean["latitude"] else _floats(lat),
+        "elevation": _floats(elevations),
+        "name": _strings([v if type(v) is str else None for v in names], odd),
+        "static_properties": static_map,
+        "live_properties": live_map,
+        "style": style_text,
+        "extra": extra,
+        **_frame_columns(decoded),
+    }
+    table = pa.Table.from_arrays([arrays[f.name] for f in SCHEMA], schema=SCHEMA)
+    if odd:
+        table = table.filter(pa.array([i not in odd for i in range(n)], pa.bool_()))
+        _to_slow_path(decoded, sorted(odd), slow)
+    return table
+
+
+def _strings(values: Sequence[str | None], odd: set[int]) -> pa.Array:
+    try:
+        return pa.array(values, pa.string())
+    except UnicodeEncodeError:  # a lone surrogate from a \\ud800 escape: not UTF-8
+        bad = {i for i, v in enumerate(values) if v is not None and not _encodable(v)}
+        odd.update(bad)
+        return pa.array(["" if i in bad else v for i, v in enumerate(values)], pa.string())
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _floats(values: Iterable[object]) -> pa.Array:
+    # Rows routed to the general path may hold ints of any size: zero them, they are dropped.
+    return pa.array([v if type(v) is float or v is None else 0.0 for v in values], pa.float64())
+
+
+def _timestamps(stamps: pa.Array, odd: set[int]) -> tuple[pa.Array, pa.Array]:
+    """Parsed in C++. A `...Z` spelling format_us would not write (`.120Z`, 7-9 digits) keeps
+    its text in `extra`, built here as the general path builds it; other zones and forms go
+    to the general path."""
+    n = len(stamps)
+    extra = pa.nulls(n, pa.string())
+    canonical = pc.match_substring_regex(stamps, _CANONICAL)
+    if not pc.all(canonical).as_py():
+        shaped = pc.match_substring_regex(stamps, _Z_SHAPED)
+        if not pc.all(shaped).as_py():
+            odd.update(i for i, ok in enumerate(shaped.to_pylist()) if not ok)
+            stamps = pc.if_else(shaped, stamps, pa.scalar("1970-01-01T00:00:00Z"))
+        kept = pc.binary_join_element_wise('{"timestamp":"', stamps, '"}', "")
+        extra = pc.if_else(canonical, extra, kept)
+        # Microseconds, rounded down as parse_z does: drop digits beyond the sixth.
+        stamps = pc.replace_substring_regex(stamps, r"(\.\d{6})\d+Z$", r"\1Z")
+    try:
+        return stamps.cast(UTC_US), extra
+    except pa.ArrowInvalid:  # the right shape but no such day (2023-02-30): rare, go slow
+        timestamps, bad = _timestamps_one_by_one(stamps)
+        odd.update(bad)
+        return timestamps, extra
+
+
+def _timestamps_one_by_one(stamps: pa.Array) -> tuple[pa.Array, list[int]]:
+    out, bad = [], []
+    for i, scalar in enumerate(stamps):
+        try:
+            out.append(pa.array([scalar.as_py()], pa.string()).cast(UTC_US)[0].value)
+        except pa.ArrowInvalid:
+            out.append(0)
+            bad.append(i)
+    return pa.array(out, pa.int64()).cast(UTC_US), bad
+
+
+def _properties(lists: list[list[_Field] | _Unset], odd: set[int]) -> pa.Array:
+    present = [p if p is not _UNSET else () for p in lists]
+    lengths = list(map(len, present))
+    offsets = pa.array(itertools.accumulate(lengths, initial=0), pa.int32())
+    fields = list(_chain(present))
+    ends = list(itertools.accumulate(lengths))
+    key_odd: set[int] = set()
+    keys = _strings(list(map(_key, fields)), key_odd)
+    values = _text(list(map(_value, fields)), None, key_odd)
+    odd.update(bisect.bisect_right(ends, i) for i in key_odd)  # entry -> its observation
+    _repeated_keys(offsets, keys, odd)
+    mask = pa.array([p is _UNSET for p in lists], pa.bool_())
+    return pa.MapArray.from_arrays(offsets, keys, values, mask=mask)
+
+
+def _repeated_keys(offsets: pa.Array, keys: pa.Array, odd: set[int]) -> None:
+    """A propertyType twice in one list does not fit a map: those rows take the general path.
+    Checked as distinct (row, key number) pairs in int64: a hash of ints, not of strings."""
+    if len(keys) < 2:
+        return
+    rows = pc.list_parent_indices(pa.ListArray.from_arrays(offsets, keys)).cast(pa.int64())
+    encoded = pc.dictionary_encode(keys)
+    width = len(encoded.dictionary)
+    pairs = pc.add(pc.multiply(rows, width), encoded.indices.cast(pa.int64()))
+    if pc.count_distinct(pairs).as_py() == len(keys):
+        return
+    counts = pc.value_counts(pairs)
+    repeated = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
+    odd.update(pc.divide(repeated, width).to_pylist())
+
+
+def _text(raws: Sequence[msgspec.Raw | bytes], nulls: list[bool] | None, odd: set[int]) -> pa.Array:
+    """A string array from verbatim JSON bytes (one join, no per-value objects), checked as
+    UTF-8 in C++; rows holding invalid text are sent to the general path."""
+    offsets = pa.array(itertools.accumulate(map(len, raws), initial=0), pa.int32())
+    data = pa.py_buffer(b"".join(raws))
+    mask = None if nulls is None else pa.array(nulls, pa.bool_())
+    binary = pa.Array.from_buffers(pa.binary(), len(raws), [None, offsets.buffers()[1], data])
+    if mask is not None:
+        binary = pc.if_else(mask, pa.nulls(len(raws), pa.binary()), binary)
+    try:
+        return binary.cast(pa.string())
+    except pa.ArrowInvalid:
+        values = binary.to_pylist()
+        bad = {i for i, v in enumerate(values) if v is not None and not _utf8(v)}
+        odd.update(bad)
+        return pa.array([b"" if i in bad else v for i, v in enumerate(values)]).cast(pa.string())
+
+
+def _utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _frame_columns(
+    decoded: list[tuple[FrameMeta, bytes, list[_Observation]]],
+) -> dict[str, pa.Array]:
+    """Per-frame values, repeated for each of the frame's rows by run-end decoding (in C++)."""
+    metas = [(meta, len(obs)) for meta, _, obs in decoded if obs]
+    run_ends = pa.array(itertools.accumulate(count for _, count in metas), pa.int64())
+
+    def runs(values: list[object], dtype: pa.DataType) -> pa.Array:
+        encoded = pa.RunEndEncodedArray.from_arrays(run_ends, pa.array(values, dtype))
+        return pc.run_end_decode(encoded)
+
+    return {
+        "subscription": runs([m.subscription for m, _ in metas], pa.string()),
+        "subscription_id": runs([m.subscription_id for m, _ in metas], pa.string()),
+        "origin": runs([m.origin for m, _ in metas], pa.string()),
+        "received_at": runs([m.received_at_us for m, _ in metas], pa.int64()).cast(UTC_US),
+        "seq": runs([m.seq for m, _ in metas], pa.int64()),
+    }
+
+
+def _to_slow_path(
+    decoded: list[tuple[FrameMeta, bytes, list[_Observation]]], odd: list[int], slow: Columns
+) -> None:
+    """Hand the odd rows' verbatim observations to the general path, frame by frame."""
+    starts = list(itertools.accumulate((len(obs) for _, _, obs in decoded), initial=0))
+    frame_index = 0
+    wanted = iter(odd)
+    row = next(wanted, None)
+    while row is not None:
+        while starts[frame_index + 1] <= row:
+            frame_index += 1
+        meta, raw, _ = decoded[frame_index]
+        texts = _raw_decoder.decode(raw).observations
+        picked = []
+        while row is not None and row < starts[frame_index + 1]:
+            picked.append((row - starts[frame_index], texts[row - starts[frame_index]]))
+            row = next(wanted, None)
+        slow.add_observations(meta, picked)

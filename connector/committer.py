@@ -1,0 +1,148 @@
+"""Makes cuts visible and advances state: convert -> sink -> checkpoint -> release.
+
+Cuts are landed one at a time, in order, by the converter process; the checkpoint advances
+only after a cut's files are visible, and spool segments are released only after the
+checkpoint is on disk. One retry policy: `is_transient` errors wait (the rows stay in the
+spool) and retry with backoff; anything else stops the connector (exit code of the error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from connector.backoff import Backoff
+from connector.batcher import Cut
+from connector.checkpoint import Checkpoint, CheckpointStore
+from connector.converter import Converter
+from connector.errors import is_transient
+from connector.intake import Intake
+from connector.jobs import FlushResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CommitTotals:
+    files: int = 0
+    rows_written: int = 0
+    bytes_written: int = 0
+    rejected: int = 0
+    slow_rows: int = 0
+    sink_errors: int = 0
+
+
+class Committer:
+    def __init__(
+        self, intake: Intake, converter: Converter, store: CheckpointStore, cp: Checkpoint
+    ) -> None:
+        self.intake = intake
+        self.converter = converter
+        self.cp = cp
+        self.totals = CommitTotals()
+        self.rows_by_subscription: Counter[str] = Counter()
+        # Held while a cut lands; backfill holds it while it looks at what is landed.
+        self.gate = asyncio.Lock()
+        self._store = store
+        self._queue: asyncio.Queue[Cut | None] = asyncio.Queue()
+        self._committed = asyncio.Event()  # pulsed after each checkpoint save
+        self._stopping = False
+        self._saves = 0  # snapshots taken; a thread never writes an older one over a newer
+        self._written = 0
+        self._write_lock = threading.Lock()
+        self.flush_seconds: list[float] = []  # durations since the last read (for metrics)
+
+    def submit(self, cut: Cut) -> None:
+        self._queue.put_nowait(cut)
+
+    def finish(self) -> None:
+        """No more cuts: `run` returns once the queue is drained (or at the first transient
+        failure: the rest waits in the spool for the next start)."""
+        self._stopping = True
+        self._queue.put_nowait(None)
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize()
+
+    async def run(self) -> None:
+        while (cut := await self._queue.get()) is not None:
+            if not await self._land(cut):
+                return
+
+    async def _land(self, cut: Cut) -> bool:
+        backoff = Backoff(0.5, 30.0)
+        while True:
+            try:
+                # The cut record and its frames must be on disk before files named after them
+                # exist: after a power loss a replay must find the same cut, not re-cut.
+                await self.intake.sync()
+                started = time.monotonic()
+                async with self.gate:
+                    result = await self.converter.flush(self.intake.job(cut))
+                self.flush_seconds.append(time.monotonic() - started)
+                break
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                self.totals.sink_errors += 1
+                delay = backoff.next()
+                log.warning(
+                    "cut %d-%d waits in the spool (retry in %.1fs): %s",
+                    cut.first,
+                    cut.last,
+                    delay,
+                    exc,
+                )
+                if self._stopping:
+                    return False
+                await asyncio.sleep(delay)
+        self._account(result)
+        self.cp.committed_seq = cut.last
+        self.cp.last_seen_us = max(self.cp.last_seen_us, self.intake.synced_frame_us)
+        await self.save()
+        self.intake.release(cut.last)
+        self._committed.set()
+        return True
+
+    def _account(self, result: FlushResult) -> None:
+        for path, rows, size in result.files:
+            log.info("file written %s rows=%d bytes=%d", path, rows, size)
+        t = self.totals
+        t.files += len(result.files)
+        t.rows_written += result.rows
+        t.bytes_written += result.bytes
+        t.rejected += result.rejected
+        t.slow_rows += result.slow_rows
+        self.rows_by_subscription.update(result.rows_by_subscription)
+        if result.rejected:
+            log.warning(
+                "%d observation(s) did not fit the schema: kept in _dead_letter/", result.rejected
+            )
+
+    async def barrier(self, stopping: asyncio.Event) -> None:
+        """Return once everything spooled before the call is visible in the sink."""
+        target = self.intake.last_seq
+        self.intake.cut("barrier")
+        while self.cp.committed_seq < target and not stopping.is_set():
+            self._committed.clear()
+            try:
+                await asyncio.wait_for(self._committed.wait(), 0.5)
+            except TimeoutError:
+                continue
+
+    async def save(self) -> None:
+        """Write a snapshot of the checkpoint taken now (fsync in a thread)."""
+        self._saves += 1
+        await asyncio.to_thread(self._write, self._saves, self._store.encode(self.cp))
+
+    def _write(self, number: int, data: bytes) -> None:
+        with self._write_lock:
+            if number < self._written:
+                return  # a save cancelled at shutdown must not overwrite the final one
+            self._store.write(data)
+            self._written = number

@@ -1,0 +1,93 @@
+"""What the stream covered and what it missed: turns stream events into gap state, ledger
+events and backfill requests. The only writer of the ledger's stream events.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from connector import ledger
+from connector.gaps import Gap, Gaps
+from connector.intake import Intake
+from connector.timeparse import format_us
+
+log = logging.getLogger(__name__)
+
+
+class Coverage:
+    def __init__(self, gaps: Gaps, intake: Intake, save: Callable[[], None]) -> None:
+        self.gaps = gaps
+        self._intake = intake
+        self._save = save  # schedules a checkpoint save (gap state is part of it)
+        self.hooks: list[Callable[[Gap], None]] = []  # called on each gap (backfill)
+        self.gap_count = 0
+
+    def restarted(self, configured: set[str], last_seen_us: int, at_us: int) -> None:
+        """After a start: close out what ended, open gaps since the last run, resume backfill."""
+        for name in self.gaps.restarted(configured, last_seen_us):
+            self._intake.record(ledger.event(ledger.SUBSCRIPTION_ENDED, name, at_us))
+        for gap in self.gaps.pending():
+            self._notify(gap)
+
+    def gap(self, gap: Gap) -> None:
+        self.gap_count += 1
+        log.warning(
+            "gap in %s from %s to %s (%s)",
+            gap.subscription,
+            format_us(gap.start_us),
+            format_us(gap.end_us),
+            gap.reason,
+        )
+        self._intake.record(
+            ledger.event(
+                ledger.GAP,
+                gap.subscription,
+                gap.end_us,
+                gap_start=gap.start_us,
+                gap_end=gap.end_us,
+                reason=gap.reason,
+            )
+        )
+        if self.hooks:
+            # Kept in the checkpoint until healed: a kill mid-backfill retries it on the next start.
+            self.gaps.add_pending(gap)
+            self._save()
+        self._notify(gap)
+
+    def _notify(self, gap: Gap) -> None:
+        for hook in self.hooks:
+            hook(gap)
+
+    def subscribed(self, name: str, sid: str, at_us: int) -> None:
+        first_time, gap = self.gaps.subscribed(name, at_us)
+        if first_time:
+            # Persist at once: after a SIGKILL the next start must know this one was streaming.
+            self._save()
+        self._intake.record(ledger.event(ledger.STREAM_STARTED, name, at_us, id=sid))
+        if gap is not None:
+            self.gap(gap)
+
+    def refused(self, name: str, errors: list[dict[str, Any]], at_us: int) -> None:
+        self._intake.record(ledger.event(ledger.SUBSCRIBE_REJECTED, name, at_us, errors=errors))
+
+    def stream_lost(self, names: list[str], at_us: int) -> None:
+        """Disconnected: everything after the last frame read is unknown to us."""
+        self.gaps.stream_stopped(names, at_us)
+
+    def stream_stopped(self, names: list[str], at_us: int) -> None:
+        """We unsubscribed on purpose (stop): the gap runs until the next start."""
+        self.gaps.stream_stopped(names, at_us)
+        for name in names:
+            self._intake.record(ledger.event(ledger.STREAM_STOPPED, name, at_us))
+
+    def ended(self, name: str, at_us: int) -> None:
+        """Removed from the configuration: no gap, ever again."""
+        self.gaps.removed(name)
+        self._intake.record(ledger.event(ledger.SUBSCRIPTION_ENDED, name, at_us))
+
+    def settle(self, gap: Gap) -> None:
+        """Backfill is done with this gap (whatever its outcome, which the ledger holds)."""
+        if self.gaps.settle(gap):
+            self._save()

@@ -1,0 +1,51 @@
+"""The unit of work that crosses the process boundary: a cut to land, and what landing it did.
+
+Plain picklable values and no heavy imports: the receiving process builds jobs without loading
+pyarrow; the converter process runs them (`connector.worker`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from connector.spool import SpoolRange
+
+Identity = tuple[str, str, str, str, int]  # source, collection, spec, track, timestamp (us)
+
+
+@dataclass(frozen=True)
+class SinkSpec:
+    """Enough to open the sink anywhere (a Sink object holds sockets; this does not)."""
+
+    url: str
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    max_attempts: int = 6
+
+
+@dataclass(frozen=True)
+class FlushSettings:
+    writer_id: str
+    compression: str = "zstd"
+    compression_level: int | None = None
+    row_group_rows: int = 100_000
+
+
+@dataclass(frozen=True)
+class CutJob:
+    """A recorded cut: the spool range, where its bytes are, and the names it lands under."""
+
+    first: int
+    last: int
+    ranges: tuple[SpoolRange, ...]
+
+
+@dataclass
+class FlushResult:
+    files: list[tuple[str, int, int]] = field(default_factory=list)  # (path, rows, bytes)
+    rows: int = 0
+    bytes: int = 0
+    rejected: int = 0
+    ledger_events: int = 0
+    slow_rows: int = 0  # rows that needed the general (Python) conversion path
+    rows_by_subscription: dict[str, int] = field(default_factory=dict)

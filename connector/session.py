@@ -1,0 +1,260 @@
+"""Speaks to Gotham over the websocket: connect, auth window, subscribe and resubscribe, read,
+unsubscribe-and-drain at stop, and the subscription diff of a reload.
+
+Frames go to the intake as they are read (nothing else happens on the read path); subscription
+replies go to the coverage. Each subscribe carries a token (a per-name generation): a reply to
+a subscribe that a reload has since superseded is unsubscribed at once, so one name never has
+two live server subscriptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from connector.backoff import Backoff
+from connector.config import SourceConfig, Subscription
+from connector.coverage import Coverage
+from connector.errors import AuthError, ConnectorError, QueryError, describe
+from connector.intake import Intake, now_us
+from connector.protocol import Data, Malformed, Protocol, ServerError, Subscribed, SubscribeFailed
+from connector.source import HandshakeFailed, open_stream
+from connector.spool import DATA, DEAD, RecordMeta
+
+log = logging.getLogger(__name__)
+
+HEALTHY_SESSION_SECONDS = 30.0
+DRAIN_SECONDS = 3.0  # at most, reading what was sent before our unsubscribe arrived
+DRAIN_QUIET_SECONDS = 0.3
+
+
+class Session:
+    def __init__(
+        self,
+        source: SourceConfig,
+        subscriptions: dict[str, Subscription],
+        intake: Intake,
+        coverage: Coverage,
+        stopping: asyncio.Event,
+        fail: Callable[[ConnectorError], None],
+    ) -> None:
+        self.source = source
+        self.subscriptions = dict(subscriptions)
+        self.reconnects = 0
+        self.connected = False
+        self._intake = intake
+        self._coverage = coverage
+        self._stopping = stopping
+        self._fail = fail
+        self._startup = set(subscriptions)  # refused at the first start: a config error
+        self._protocol = Protocol()
+        self._ws: ClientConnection | None = None
+        self._first = True
+        self._tokens: dict[str, int] = {}  # name -> generation of its newest subscribe
+        self._retry: dict[str, Backoff] = {}
+        self._timers: set[asyncio.Task[None]] = set()
+
+    # -- the connection loop ----------------------------------------------------------------
+    async def run(self) -> None:
+        backoff = Backoff(self.source.reconnect_min_seconds, self.source.reconnect_max_seconds)
+        auth_failing_since: float | None = None
+        while not self._stopping.is_set():
+            try:
+                ws = await open_stream(self.source, self.source.token.load())
+            except AuthError as exc:
+                now = time.monotonic()
+                auth_failing_since = auth_failing_since or now
+                if self._first or now - auth_failing_since > self.source.auth_retry_seconds:
+                    self._fail(exc)
+                    return
+                await self._pause(backoff.next(), f"{exc}; retrying")
+                continue
+            except HandshakeFailed as exc:
+                await self._pause(backoff.next(), f"{exc}; reconnecting")
+                continue
+            except ConnectorError as exc:  # token missing/unreadable: a config problem
+                self._fail(exc)
+                return
+            auth_failing_since = None
+            started = time.monotonic()
+            log.info("connected to %s", self.source.ws_url)
+            await self._session(ws)
+            self._first = False
+            if time.monotonic() - started > HEALTHY_SESSION_SECONDS:
+                backoff.reset()
+            if not self._stopping.is_set():
+                self.reconnects += 1
+                await self._pause(backoff.next(), "reconnecting")
+
+    async def _pause(self, seconds: float, why: str) -> None:
+        log.warning("%s in %.1fs", why, seconds)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _session(self, ws: ClientConnection) -> None:
+        self._protocol = Protocol()
+        self._ws = ws
+        self.connected = True
+        try:
+            for sub in self.subscriptions.values():
+                await ws.send(self._subscribe(sub))
+            reader = asyncio.create_task(self._read(ws))
+            stopper = asyncio.create_task(self._stopping.wait())
+            await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if not reader.done():
+                reader.cancel()  # websockets' recv() is cancellation-safe
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+                await self._unsubscribe_and_close(ws)
+                return
+            exc = reader.exception()
+            if exc is not None and not isinstance(exc, ConnectionClosed):
+                raise exc
+            if isinstance(exc, ConnectionClosed):
+                rcvd = exc.rcvd
+                detail = f"code {rcvd.code} {rcvd.reason!r}" if rcvd else "no close frame"
+                log.warning("connection lost (%s)", detail)
+        except ConnectionClosed:
+            log.warning("connection lost while subscribing")
+        finally:
+            self.connected = False
+            self._ws = None
+        self._coverage.stream_lost(list(self._protocol.ids), self._intake.last_frame_us or now_us())
+
+    async def _unsubscribe_and_close(self, ws: ClientConnection) -> None:
+        """Unsubscribe, then keep reading what the server sent before it saw the unsubscribe:
+        frames already on the wire are spooled, not dropped."""
+        names = list(self._protocol.ids)
+        try:
+            for name in names:
+                message = self._protocol.unsubscribe(name)
+                if message is not None:
+                    await ws.send(message)
+            deadline = time.monotonic() + DRAIN_SECONDS
+            while time.monotonic() < deadline:
+                frame = await asyncio.wait_for(ws.recv(decode=False), DRAIN_QUIET_SECONDS)
+                self._on_frame(frame)
+        except (ConnectionClosed, TimeoutError):
+            pass
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(ws.close(1000, "connector stopping"), 3)
+        self._coverage.stream_stopped(names, now_us())
+
+    async def _read(self, ws: ClientConnection) -> None:
+        while True:
+            self._on_frame(await ws.recv(decode=False))
+
+    # -- what arrives -------------------------------------------------------------------------
+    def _on_frame(self, frame: bytes | str) -> None:
+        at = now_us()
+        event = self._protocol.receive(frame)
+        if type(event) is Data:  # the hot path: one frame, straight to the spool
+            counts = self._intake.counts
+            counts.frames += 1
+            counts.observations += event.count
+            meta = RecordMeta(sub=event.name, id=event.id, n=event.count)
+            self._intake.frame(DATA, meta, event.raw, event.count, at, event.name)
+        elif isinstance(event, Malformed):
+            self._intake.counts.malformed += 1
+            log.warning(
+                "malformed frame (%d bytes) kept in the dead-letter area: %s",
+                len(event.raw),
+                event.reason,
+            )
+            self._intake.frame(DEAD, RecordMeta(reason=event.reason), event.raw, 0, at, None)
+        elif isinstance(event, Subscribed):
+            self._on_subscribed(event, at)
+        elif isinstance(event, SubscribeFailed):
+            self._on_refused(event, at)
+        elif isinstance(event, ServerError):
+            log.warning("server reported an error: %s", describe(event.errors))
+
+    def _on_subscribed(self, event: Subscribed, at: int) -> None:
+        if event.name not in self.subscriptions or self._tokens.get(event.name) != event.token:
+            # Removed or re-queried by a reload while this subscribe was on its way.
+            log.info("dropping superseded subscription %s (%s)", event.name, event.id)
+            self._send_soon(self._protocol.unsubscribe_id(event.id))
+            return
+        log.info("subscribed %s -> %s", event.name, event.id)
+        self._retry.pop(event.name, None)
+        self._coverage.subscribed(event.name, event.id, at)
+
+    def _on_refused(self, event: SubscribeFailed, at: int) -> None:
+        if event.name not in self.subscriptions or self._tokens.get(event.name) != event.token:
+            return  # superseded: its successor's reply is what counts
+        accepted = self._coverage.gaps.state(event.name).accepted
+        if self._first and event.name in self._startup and not accepted:
+            self._fail(QueryError(event.name, event.errors))
+            return
+        log.error("subscription %s refused: %s; retrying", event.name, describe(event.errors))
+        self._coverage.refused(event.name, event.errors, at)
+        backoff = self._retry.setdefault(event.name, Backoff(2.0, 300.0))
+        self._later(backoff.next(), event.name)
+
+    # -- subscribing ----------------------------------------------------------------------
+    def _subscribe(self, sub: Subscription) -> str:
+        token = self._tokens.get(sub.name, 0) + 1
+        self._tokens[sub.name] = token
+        return self._protocol.subscribe(sub.name, dict(sub.query), token)
+
+    def _later(self, seconds: float, name: str) -> None:
+        """Resubscribe `name` after a refusal, on this socket, unless something changed."""
+        ws, token = self._ws, self._tokens.get(name)
+
+        async def resubscribe() -> None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), seconds)
+            sub = self.subscriptions.get(name)
+            fresh = ws is self._ws and self._tokens.get(name) == token
+            if sub is not None and fresh and not self._stopping.is_set():
+                await _send(ws, self._subscribe(sub))
+
+        task = asyncio.get_running_loop().create_task(resubscribe(), name=f"resubscribe-{name}")
+        self._timers.add(task)
+        task.add_done_callback(self._timers.discard)
+
+    def _send_soon(self, message: str) -> None:
+        task = asyncio.get_running_loop().create_task(_send(self._ws, message))
+        self._timers.add(task)
+        task.add_done_callback(self._timers.discard)
+
+    async def reload(self, subscriptions: dict[str, Subscription]) -> None:
+        """Apply a new subscription list on the open socket, without reconnecting."""
+        old, self.subscriptions = self.subscriptions, dict(subscriptions)
+        ws = self._ws
+        at = now_us()
+        for name in old.keys() - subscriptions.keys():
+            log.info("reload: unsubscribing %s", name)
+            self._tokens[name] = self._tokens.get(name, 0) + 1  # a pending reply is superseded
+            await _send(ws, self._protocol.unsubscribe(name))
+            self._coverage.ended(name, at)
+        for name, sub in subscriptions.items():
+            if name in old and old[name].query == sub.query:
+                continue
+            if name in old:
+                await _send(ws, self._protocol.unsubscribe(name))
+            log.info("reload: subscribing %s", name)
+            if ws is not None:
+                await _send(ws, self._subscribe(sub))
+            else:
+                self._tokens[name] = self._tokens.get(name, 0) + 1
+
+    async def close(self) -> None:
+        for task in list(self._timers):
+            task.cancel()
+        await asyncio.gather(*self._timers, return_exceptions=True)
+
+
+async def _send(ws: ClientConnection | None, message: str | None) -> Any:
+    """Send on the live socket; a socket closing meanwhile is the reconnect loop's business."""
+    if ws is not None and message is not None:
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(message)
