@@ -63,6 +63,7 @@ class _RawFrame(msgspec.Struct, gc=False):
 
 _frame_decoder = msgspec.json.Decoder(_Frame)
 _raw_decoder = msgspec.json.Decoder(_RawFrame)
+_observation_decoder = msgspec.json.Decoder(_Observation)
 # format_us spelling: seconds, then 1-6 fraction digits without a trailing zero, then Z; years
 # 0001-9999 (RE2 has no lookahead, hence the spelled-out year).
 _CANONICAL = (
@@ -78,6 +79,53 @@ _value = attrgetter("value")
 _chain = itertools.chain.from_iterable
 
 
+class _Decoded:
+    """A frame's observations that decoded as documented, and where their text is."""
+
+    __slots__ = ("indices", "meta", "observations", "raw", "texts")
+
+    def __init__(
+        self,
+        meta: FrameMeta,
+        observations: list[_Observation],
+        raw: bytes,
+        texts: list[msgspec.Raw] | None = None,
+        indices: list[int] | None = None,
+    ) -> None:
+        self.meta, self.observations, self.raw = meta, observations, raw
+        self.texts, self.indices = texts, indices  # None: the whole frame, in order
+
+    def text(self, i: int) -> tuple[int, msgspec.Raw]:
+        """(index in the frame, verbatim text) of the i-th decoded observation."""
+        if self.texts is None:
+            self.texts = _raw_decoder.decode(self.raw).observations
+        return (i if self.indices is None else self.indices[i]), self.texts[i]
+
+
+def _one_by_one(meta: FrameMeta, raw: bytes, slow: Columns) -> _Decoded:
+    """A frame with some odd observation: the documented ones still take the fast path."""
+    try:
+        texts = _raw_decoder.decode(raw).observations
+    except (msgspec.DecodeError, RecursionError, ValueError):
+        slow.add_frame(meta, raw)  # rejected whole, as the general path decides
+        return _Decoded(meta, [], raw, [], [])
+    good: list[_Observation] = []
+    good_texts: list[msgspec.Raw] = []
+    indices: list[int] = []
+    odd: list[tuple[int, msgspec.Raw]] = []
+    for index, text in enumerate(texts):
+        try:
+            good.append(_observation_decoder.decode(text))
+        except (msgspec.DecodeError, RecursionError, ValueError):
+            odd.append((index, text))
+            continue
+        good_texts.append(text)
+        indices.append(index)
+    if odd:
+        slow.add_observations(meta, odd)
+    return _Decoded(meta, good, raw, good_texts, indices)
+
+
 @dataclass
 class Converted:
     table: pa.Table
@@ -88,11 +136,13 @@ class Converted:
 def convert(frames: Sequence[tuple[FrameMeta, bytes]]) -> Converted:
     """One table (schema SCHEMA, rows in no particular order) for the frames' observations."""
     slow = Columns()
-    decoded: list[tuple[FrameMeta, bytes, list[_Observation]]] = []
+    decoded: list[_Decoded] = []
     for meta, raw in frames:
         try:
-            decoded.append((meta, raw, _frame_decoder.decode(raw).observations))
-        except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
+            decoded.append(_Decoded(meta, _frame_decoder.decode(raw).observations, raw))
+        except (msgspec.ValidationError, RecursionError, ValueError):
+            decoded.append(_one_by_one(meta, raw, slow))
+        except msgspec.DecodeError:  # not JSON at all: the general path rejects it whole
             slow.add_frame(meta, raw)
     tables = []
     if decoded:
@@ -104,8 +154,8 @@ def convert(frames: Sequence[tuple[FrameMeta, bytes]]) -> Converted:
     return Converted(table, slow.rejected, slow_table.num_rows)
 
 
-def _fast(decoded: list[tuple[FrameMeta, bytes, list[_Observation]]], slow: Columns) -> pa.Table:
-    observations = list(_chain(obs for _, _, obs in decoded))
+def _fast(decoded: list[_Decoded], slow: Columns) -> pa.Table:
+    observations = list(_chain(d.observations for d in decoded))
     n = len(observations)
     if n == 0:
         return SCHEMA.empty_table()
@@ -132,9 +182,13 @@ def _fast(decoded: list[tuple[FrameMeta, bytes, list[_Observation]]], slow: Colu
     elevations = [None if e is _UNSET else e for e in elev]
     if not set(map(type, elevations)) <= {float, type(None)}:
         odd.update(i for i, e in enumerate(elevations) if e is not None and type(e) is not float)
-    if None in names:  # an explicit null name: the general path keeps it in `extra`
-        odd.update(i for i, v in enumerate(names) if v is None)
-    timestamps, extra = _timestamps(pa.array(ts, pa.string()), odd)
+    timestamps, kept_stamp = _timestamps(pa.array(ts, pa.string()), odd)
+    # An explicit null name (unlike an absent one) is kept in `extra`, after the timestamp.
+    null_name = None
+    if None in names:
+        nulls = pa.array([v is None for v in names], pa.bool_())
+        null_name = pc.if_else(nulls, pa.scalar('"name":null'), pa.scalar(None, pa.string()))
+    extra = _extra(n, kept_stamp, null_name)
     static_map = _properties(static, odd)
     live_map = _properties(live, odd)
     style_text = _text(
@@ -185,28 +239,38 @@ def _floats(values: Iterable[object]) -> pa.Array:
     return pa.array([v if type(v) is float or v is None else 0.0 for v in values], pa.float64())
 
 
-def _timestamps(stamps: pa.Array, odd: set[int]) -> tuple[pa.Array, pa.Array]:
+def _extra(n: int, *parts: pa.Array | None) -> pa.Array:
+    """`extra` as the general path writes it: a JSON object of the present parts, in order."""
+    present = [p for p in parts if p is not None]
+    if not present:
+        return pa.nulls(n, pa.string())
+    body = present[0]
+    for part in present[1:]:
+        # Both, else whichever is there (null_handling="skip" drops rows in pyarrow 26).
+        body = pc.coalesce(pc.binary_join_element_wise(body, part, ","), body, part)
+    return pc.binary_join_element_wise("{", body, "}", "")
+
+
+def _timestamps(stamps: pa.Array, odd: set[int]) -> tuple[pa.Array, pa.Array | None]:
     """Parsed in C++. A `...Z` spelling format_us would not write (`.120Z`, 7-9 digits) keeps
-    its text in `extra`, built here as the general path builds it; other zones and forms go
-    to the general path."""
-    n = len(stamps)
-    extra = pa.nulls(n, pa.string())
+    its text for `extra` (the second result); other zones and forms go to the general path."""
+    kept = None
     canonical = pc.match_substring_regex(stamps, _CANONICAL)
     if not pc.all(canonical).as_py():
         shaped = pc.match_substring_regex(stamps, _Z_SHAPED)
         if not pc.all(shaped).as_py():
             odd.update(i for i, ok in enumerate(shaped.to_pylist()) if not ok)
             stamps = pc.if_else(shaped, stamps, pa.scalar("1970-01-01T00:00:00Z"))
-        kept = pc.binary_join_element_wise('{"timestamp":"', stamps, '"}', "")
-        extra = pc.if_else(canonical, extra, kept)
+        text = pc.binary_join_element_wise('"timestamp":"', stamps, '"', "")
+        kept = pc.if_else(canonical, pa.scalar(None, pa.string()), text)
         # Microseconds, rounded down as parse_z does: drop digits beyond the sixth.
         stamps = pc.replace_substring_regex(stamps, r"(\.\d{6})\d+Z$", r"\1Z")
     try:
-        return stamps.cast(UTC_US), extra
+        return stamps.cast(UTC_US), kept
     except pa.ArrowInvalid:  # the right shape but no such day (2023-02-30): rare, go slow
         timestamps, bad = _timestamps_one_by_one(stamps)
         odd.update(bad)
-        return timestamps, extra
+        return timestamps, kept
 
 
 def _timestamps_one_by_one(stamps: pa.Array) -> tuple[pa.Array, list[int]]:
@@ -277,11 +341,9 @@ def _utf8(value: bytes) -> bool:
     return True
 
 
-def _frame_columns(
-    decoded: list[tuple[FrameMeta, bytes, list[_Observation]]],
-) -> dict[str, pa.Array]:
+def _frame_columns(decoded: list[_Decoded]) -> dict[str, pa.Array]:
     """Per-frame values, repeated for each of the frame's rows by run-end decoding (in C++)."""
-    metas = [(meta, len(obs)) for meta, _, obs in decoded if obs]
+    metas = [(d.meta, len(d.observations)) for d in decoded if d.observations]
     run_ends = pa.array(itertools.accumulate(count for _, count in metas), pa.int64())
 
     def runs(values: list[object], dtype: pa.DataType) -> pa.Array:
@@ -297,21 +359,18 @@ def _frame_columns(
     }
 
 
-def _to_slow_path(
-    decoded: list[tuple[FrameMeta, bytes, list[_Observation]]], odd: list[int], slow: Columns
-) -> None:
+def _to_slow_path(decoded: list[_Decoded], odd: list[int], slow: Columns) -> None:
     """Hand the odd rows' verbatim observations to the general path, frame by frame."""
-    starts = list(itertools.accumulate((len(obs) for _, _, obs in decoded), initial=0))
-    frame_index = 0
-    wanted = iter(odd)
-    row = next(wanted, None)
-    while row is not None:
-        while starts[frame_index + 1] <= row:
-            frame_index += 1
-        meta, raw, _ = decoded[frame_index]
-        texts = _raw_decoder.decode(raw).observations
-        picked = []
-        while row is not None and row < starts[frame_index + 1]:
-            picked.append((row - starts[frame_index], texts[row - starts[frame_index]]))
-            row = next(wanted, None)
-        slow.add_observations(meta, picked)
+    starts = list(itertools.accumulate((len(d.observations) for d in decoded), initial=0))
+    frame = 0
+    picked: list[tuple[int, msgspec.Raw]] = []
+    for row in odd:
+        if starts[frame + 1] <= row:
+            if picked:
+                slow.add_observations(decoded[frame].meta, picked)
+                picked = []
+            while starts[frame + 1] <= row:
+                frame += 1
+        picked.append(decoded[frame].text(row - starts[frame]))
+    if picked:
+        slow.add_observations(decoded[frame].meta, picked)

@@ -18,13 +18,14 @@ from connector import layout, parquet
 from connector.columnar import convert
 from connector.errors import Crashed
 from connector.jobs import CutJob, FlushResult, FlushSettings
+from connector.partition import split
 from connector.records import FrameMeta, Rejected
 from connector.sink import Sink
 from connector.spool import DATA, DEAD, LEDGER, Record, read_ranges
 
 # A piece is converted at once: its frames' Python objects live only while it is converted.
-PIECE_OBSERVATIONS = 20_000
-PIECE_BYTES = 8 << 20
+PIECE_OBSERVATIONS = 10_000
+PIECE_BYTES = 4 << 20
 
 
 def flush_cut(job: CutJob, sink: Sink, settings: FlushSettings) -> FlushResult:
@@ -64,12 +65,13 @@ def _land(
         counts["subscription"].to_pylist(), counts["seq_count"].to_pylist(), strict=True
     ):
         result.rows_by_subscription[sub] = count
-    for directory, part in layout.split(table):
+    for directory, part, order in split(table):
         data = parquet.encode(
             part,
             compression=settings.compression,
             level=settings.compression_level,
             row_group_rows=settings.row_group_rows,
+            order=order,
         )
         path = f"{directory}/{stem}.parquet"
         sink.put(path, data)

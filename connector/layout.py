@@ -1,13 +1,10 @@
-"""Where things land under the sink root: Hive partitions and deterministic names. Pure."""
+"""Where things land under the sink root: Hive partition folders and deterministic names. Pure
+(no pyarrow: the receiving process uses it too)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
-
-import pyarrow as pa
-import pyarrow.compute as pc
 
 DEAD_LETTER_DIR = "_dead_letter"
 LEDGER_DIR = "_ledger"
@@ -36,22 +33,3 @@ def hour_dirs(start_us: int, end_us: int) -> list[str]:
 def partition_dir(spec: str, date: str, hour: int) -> str:
     # Percent-encoding keeps a '/' or '=' in a spec id from creating bogus partitions.
     return f"{SPEC_PREFIX}{quote(spec, safe='')}/date={date}/hour={hour:02d}"
-
-
-def split(table: pa.Table) -> Iterator[tuple[str, pa.Table]]:
-    """Partition rows by (observation_spec_id, UTC date, hour of `timestamp`), each sorted by
-    (track_id, timestamp): late rows land in their own (older) partition."""
-    if table.num_rows == 0:
-        return
-    hours = pc.floor_temporal(table["timestamp"], unit="hour")
-    keyed = table.append_column("_hour", hours)
-    groups = keyed.group_by(["observation_spec_id", "_hour"]).aggregate([])
-    for spec, hour in zip(
-        groups["observation_spec_id"].to_pylist(), groups["_hour"].to_pylist(), strict=True
-    ):
-        mask = pc.and_(pc.equal(keyed["observation_spec_id"], spec), pc.equal(keyed["_hour"], hour))
-        part = keyed.filter(mask).drop_columns(["_hour"])
-        part = part.sort_by(
-            [("track_id", "ascending"), ("timestamp", "ascending"), ("seq", "ascending")]
-        )
-        yield partition_dir(spec, hour.date().isoformat(), hour.hour), part

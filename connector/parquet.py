@@ -7,17 +7,29 @@ import pyarrow.parquet as pq
 
 
 def encode(
-    table: pa.Table, *, compression: str, level: int | None = None, row_group_rows: int = 100_000
-) -> bytes:
+    table: pa.Table,
+    *,
+    compression: str,
+    level: int | None = None,
+    row_group_rows: int = 100_000,
+    order: pa.Array | None = None,
+) -> pa.Buffer:
+    """The file's bytes. With `order` (row indices), rows are written in that order, taken a
+    row group at a time: memory holds one sorted row group, not a sorted copy of the table."""
     sink = pa.BufferOutputStream()
-    pq.write_table(
-        table,
+    with pq.ParquetWriter(
         sink,
+        table.schema,
         compression=None if compression == "none" else compression,
         compression_level=level,
-        row_group_size=row_group_rows,
         # Page indexes and statistics let DuckDB skip row groups by time and track.
         write_statistics=True,
         write_page_index=True,
-    )
-    return bytes(sink.getvalue())
+    ) as writer:
+        if order is None:
+            writer.write_table(table, row_group_size=row_group_rows)
+        else:
+            for start in range(0, len(order), row_group_rows):
+                piece = table.take(order.slice(start, row_group_rows))
+                writer.write_table(piece, row_group_size=row_group_rows)
+    return sink.getvalue()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import pyarrow as pa
 from tenacity import (
     Retrying,
     before_sleep_log,
@@ -60,18 +61,18 @@ class Sink:
     def path(self, relative: str) -> str:
         return f"{self.root}/{relative}" if self.root else relative
 
-    def put(self, relative: str, data: bytes) -> None:
+    def put(self, relative: str, data: bytes | memoryview | pa.Buffer) -> None:
         """Write `data` at `relative` (under the sink root) so it appears whole or not at all."""
         target = self.path(relative)
         for attempt in self._retrying:
             with attempt:
                 self._translate(self._put_once, target, data)
 
-    def _put_once(self, target: str, data: bytes) -> None:
+    def _put_once(self, target: str, data: bytes | memoryview | pa.Buffer) -> None:
         if self.local:
             _atomic_local_write(Path(target), data)
-        else:
-            self.fs.pipe_file(target, data)
+        else:  # object-store clients want bytes (hashing, retries re-send the same object)
+            self.fs.pipe_file(target, data if isinstance(data, bytes) else bytes(data))
 
     def list(self, relative: str = "") -> list[str]:
         """Paths (relative to the root) of every file below `relative`."""
@@ -140,7 +141,7 @@ def _error_code(exc: BaseException) -> str | None:
     return None
 
 
-def _atomic_local_write(target: Path, data: bytes) -> None:
+def _atomic_local_write(target: Path, data: bytes | memoryview | pa.Buffer) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     # Hidden, and never ending in .parquet: readers globbing **/*.parquet cannot see it.
     tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"

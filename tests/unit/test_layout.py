@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pyarrow as pa
 
-from connector.layout import file_stem, partition_dir, split
+from connector.layout import file_stem, partition_dir
+from connector.partition import split
 from connector.records import Columns, FrameMeta
 from connector.timeparse import format_us
 
