@@ -17,6 +17,7 @@ import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
+from typing import Any
 
 import msgspec
 import pyarrow as pa
@@ -64,6 +65,7 @@ class _RawFrame(msgspec.Struct, gc=False):
 _frame_decoder = msgspec.json.Decoder(_Frame)
 _raw_decoder = msgspec.json.Decoder(_RawFrame)
 _observation_decoder = msgspec.json.Decoder(_Observation)
+_PAIRWISE_UP_TO = 16  # longest property list checked for repeats by pairwise passes
 # format_us spelling: seconds, then 1-6 fraction digits without a trailing zero, then Z; years
 # 0001-9999 (RE2 has no lookahead, hence the spelled-out year).
 _CANONICAL = (
@@ -212,8 +214,8 @@ def _fast(decoded: list[_Decoded], slow: Columns) -> pa.Table:
     }
     table = pa.Table.from_arrays([arrays[f.name] for f in SCHEMA], schema=SCHEMA)
     if odd:
-        table = table.filter(pa.array([i not in odd for i in range(n)], pa.bool_()))
-        _to_slow_path(decoded, sorted(odd), slow)
+        dropped = _to_slow_path(decoded, sorted(odd), slow)
+        table = table.filter(pa.array([i not in dropped for i in range(n)], pa.bool_()))
     return table
 
 
@@ -285,40 +287,56 @@ def _timestamps_one_by_one(stamps: pa.Array) -> tuple[pa.Array, list[int]]:
 
 
 def _properties(lists: list[list[_Field] | _Unset], odd: set[int]) -> pa.Array:
-    present = [p if p is not _UNSET else () for p in lists]
+    absent = lists.count(_UNSET)  # C-level scan; usually 0
+    present: list[Any] = [() if p is _UNSET else p for p in lists] if absent else lists
     lengths = list(map(len, present))
-    offsets = pa.array(itertools.accumulate(lengths, initial=0), pa.int32())
+    offsets = pa.array(list(itertools.accumulate(lengths, initial=0)), pa.int32())
     fields = list(_chain(present))
-    ends = list(itertools.accumulate(lengths))
     key_odd: set[int] = set()
     keys = _strings(list(map(_key, fields)), key_odd)
     values = _text(list(map(_value, fields)), None, key_odd)
-    odd.update(bisect.bisect_right(ends, i) for i in key_odd)  # entry -> its observation
+    if key_odd:  # entry -> the observation holding it
+        ends = list(itertools.accumulate(lengths))
+        odd.update(bisect.bisect_right(ends, i) for i in key_odd)
     _repeated_keys(offsets, keys, odd)
-    mask = pa.array([p is _UNSET for p in lists], pa.bool_())
+    mask = pa.array([p is _UNSET for p in lists], pa.bool_()) if absent else None
     return pa.MapArray.from_arrays(offsets, keys, values, mask=mask)
 
 
 def _repeated_keys(offsets: pa.Array, keys: pa.Array, odd: set[int]) -> None:
     """A propertyType twice in one list does not fit a map: those rows take the general path.
-    Checked as distinct (row, key number) pairs in int64: a hash of ints, not of strings."""
+    Entries d apart in the same row are compared for d < the longest list: a few cheap
+    vectorised passes instead of hashing every (row, key) pair."""
     if len(keys) < 2:
         return
-    rows = pc.list_parent_indices(pa.ListArray.from_arrays(offsets, keys)).cast(pa.int64())
-    encoded = pc.dictionary_encode(keys)
-    width = len(encoded.dictionary)
-    pairs = pc.add(pc.multiply(rows, width), encoded.indices.cast(pa.int64()))
-    if pc.count_distinct(pairs).as_py() == len(keys):
+    rows = pc.list_parent_indices(pa.ListArray.from_arrays(offsets, keys))
+    longest = pc.max(pc.list_value_length(pa.ListArray.from_arrays(offsets, keys))).as_py()
+    if not longest or longest < 2:
         return
-    counts = pc.value_counts(pairs)
-    repeated = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
-    odd.update(pc.divide(repeated, width).to_pylist())
+    numbers = pc.dictionary_encode(keys).indices
+    if longest > _PAIRWISE_UP_TO:  # long lists: count distinct (row, key) pairs instead
+        width = pa.scalar(len(keys), pa.int64())
+        pairs = pc.add(pc.multiply(rows.cast(pa.int64()), width), numbers.cast(pa.int64()))
+        if pc.count_distinct(pairs).as_py() == len(keys):
+            return
+        counts = pc.value_counts(pairs)
+        repeated = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
+        odd.update(pc.divide(repeated, width).to_pylist())
+        return
+    n = len(keys)
+    for d in range(1, longest):
+        same = pc.and_(
+            pc.equal(rows.slice(0, n - d), rows.slice(d)),
+            pc.equal(numbers.slice(0, n - d), numbers.slice(d)),
+        )
+        if pc.any(same).as_py():
+            odd.update(rows.slice(0, n - d).filter(same).to_pylist())
 
 
 def _text(raws: Sequence[msgspec.Raw | bytes], nulls: list[bool] | None, odd: set[int]) -> pa.Array:
     """A string array from verbatim JSON bytes (one join, no per-value objects), checked as
     UTF-8 in C++; rows holding invalid text are sent to the general path."""
-    offsets = pa.array(itertools.accumulate(map(len, raws), initial=0), pa.int32())
+    offsets = pa.array(list(itertools.accumulate(map(len, raws), initial=0)), pa.int32())
     data = pa.py_buffer(b"".join(raws))
     mask = None if nulls is None else pa.array(nulls, pa.bool_())
     binary = pa.Array.from_buffers(pa.binary(), len(raws), [None, offsets.buffers()[1], data])
@@ -359,18 +377,26 @@ def _frame_columns(decoded: list[_Decoded]) -> dict[str, pa.Array]:
     }
 
 
-def _to_slow_path(decoded: list[_Decoded], odd: list[int], slow: Columns) -> None:
-    """Hand the odd rows' verbatim observations to the general path, frame by frame."""
+def _to_slow_path(decoded: list[_Decoded], odd: list[int], slow: Columns) -> set[int]:
+    """Hand the odd rows' verbatim observations to the general path, frame by frame; returns
+    the rows to drop from the fast table. A frame whose text cannot be split again (nesting at
+    the decoder's limit, which depends on stack depth) goes to the general path whole."""
     starts = list(itertools.accumulate((len(d.observations) for d in decoded), initial=0))
+    by_frame: dict[int, list[int]] = {}
     frame = 0
-    picked: list[tuple[int, msgspec.Raw]] = []
     for row in odd:
-        if starts[frame + 1] <= row:
-            if picked:
-                slow.add_observations(decoded[frame].meta, picked)
-                picked = []
-            while starts[frame + 1] <= row:
-                frame += 1
-        picked.append(decoded[frame].text(row - starts[frame]))
-    if picked:
-        slow.add_observations(decoded[frame].meta, picked)
+        while starts[frame + 1] <= row:
+            frame += 1
+        by_frame.setdefault(frame, []).append(row)
+    dropped: set[int] = set()
+    for frame, rows in by_frame.items():
+        item = decoded[frame]
+        try:
+            picked = [item.text(row - starts[frame]) for row in rows]
+        except (msgspec.DecodeError, RecursionError, ValueError):
+            slow.add_frame(item.meta, item.raw)
+            dropped.update(range(starts[frame], starts[frame + 1]))
+            continue
+        slow.add_observations(item.meta, picked)
+        dropped.update(rows)
+    return dropped

@@ -9,14 +9,15 @@ retried).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import multiprocessing
 import os
+import socket
+import subprocess
+import sys
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from typing import Any
 
-from connector import worker
 from connector.errors import Transient
 from connector.jobs import CutJob, FlushResult, FlushSettings, Identity, SinkSpec
 from connector.spool import SpoolRange
@@ -31,41 +32,55 @@ class ConverterDied(Transient):
 
 
 class Converter:
-    def __init__(self, sink: SinkSpec, settings: FlushSettings) -> None:
+    def __init__(
+        self,
+        sink: SinkSpec,
+        settings: FlushSettings,
+        log_level: str = "INFO",
+        log_format: str = "text",
+    ) -> None:
         self.sink = sink
         self.settings = settings
-        self._proc: BaseProcess | None = None
+        self._log = (log_level, log_format)
+        self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._lock = asyncio.Lock()
         self.restarts = 0
 
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        """The converter process while one is started (for operators and tests)."""
+        return self._proc
+
     def _start(self) -> None:
-        # spawn, not fork: a fork of this process would copy the event loop, the socket and
-        # the spool's file descriptor into the child.
-        ctx = multiprocessing.get_context("spawn")
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(
-            target=worker.serve, args=(child, os.getpid()), name="gotham-converter", daemon=True
-        )
-        proc.start()
-        child.close()
-        self._proc, self._conn = proc, parent
+        # A fresh interpreter, not a fork: a fork would copy the event loop, the socket and the
+        # spool's fd. Not multiprocessing either: its spawn adds a resource-tracker process.
+        parent, child = socket.socketpair()
+        with child:
+            argv = [sys.executable, "-m", "connector.worker", str(child.fileno()), str(os.getpid())]
+            argv += list(self._log)
+            # Our own interpreter and module with numbers and the configured log settings.
+            proc = subprocess.Popen(  # noqa: S603
+                argv, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL
+            )
+        self._proc, self._conn = proc, Connection(parent.detach())
 
     async def call(self, name: str, *args: Any) -> Any:
         async with self._lock:
-            if self._proc is None or not self._proc.is_alive():
+            if self._proc is None or self._proc.poll() is not None:
                 if self._proc is not None:
                     self.restarts += 1
-                    log.warning(
-                        "converter exited (code %s); starting a new one", self._proc.exitcode
-                    )
+                    code = self._proc.returncode
+                    log.warning("converter exited (code %s); starting a new one", code)
                     self._discard()
                 await asyncio.to_thread(self._start)
             conn, proc = self._conn, self._proc
             assert conn is not None and proc is not None
-            conn.send((name, args))
             try:
+                conn.send((name, args))
                 ok, value = await asyncio.to_thread(_receive, conn, proc)
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                raise ConverterDied(f"converter process lost: {type(exc).__name__}") from None
             except asyncio.CancelledError:
                 # Its reply would answer the next request: end this converter instead.
                 self._discard()
@@ -99,23 +114,24 @@ class Converter:
         """Stop the converter: at once (a flush still running is redone from the spool)."""
         if self._proc is not None and self._conn is not None:
             self._conn.close()  # an idle converter leaves on EOF
-            self._proc.join(1.0)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(1.0)
         self._discard()
 
     def _discard(self) -> None:
-        if self._proc is not None and self._proc.is_alive():
+        if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
-            self._proc.join(5.0)
+            self._proc.wait(5.0)
         if self._conn is not None:
             self._conn.close()
         self._proc, self._conn = None, None
 
 
-def _receive(conn: Connection, proc: BaseProcess) -> tuple[bool, Any]:
+def _receive(conn: Connection, proc: subprocess.Popen[bytes]) -> tuple[bool, Any]:
     try:
         while not conn.poll(_POLL_SECONDS):
-            if not proc.is_alive():
-                raise ConverterDied(f"converter process exited with code {proc.exitcode}")
+            if proc.poll() is not None:
+                raise ConverterDied(f"converter process exited with code {proc.returncode}")
         reply: tuple[bool, Any] = conn.recv()
     except (EOFError, OSError) as exc:
         raise ConverterDied(f"converter process lost: {type(exc).__name__}") from None

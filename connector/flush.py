@@ -24,8 +24,8 @@ from connector.sink import Sink
 from connector.spool import DATA, DEAD, LEDGER, Record, read_ranges
 
 # A piece is converted at once: its frames' Python objects live only while it is converted.
-PIECE_OBSERVATIONS = 10_000
-PIECE_BYTES = 4 << 20
+PIECE_OBSERVATIONS = 5_000
+PIECE_BYTES = 2 << 20
 
 
 def flush_cut(job: CutJob, sink: Sink, settings: FlushSettings) -> FlushResult:

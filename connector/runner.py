@@ -77,7 +77,7 @@ class Runner:
             cfg.sink.compression_level,
             cfg.sink.row_group_rows,
         )
-        self.converter = Converter(sink, settings)
+        self.converter = Converter(sink, settings, cfg.log.level, cfg.log.format)
         self.committer = Committer(self.intake, self.converter, self._store, self.cp)
         self.intake.connect(self.committer.submit)
         subscriptions = {s.name: s for s in cfg.subscriptions}

@@ -238,12 +238,14 @@ class Spool:
         """fsync what was written (segments and the folder): bounds what a machine crash can
         cost. Runs in a worker thread while the loop appends: it syncs a dup of the fd, so a
         rotation on the loop never waits for it and never closes the fd under it."""
-        while self._retiring:
-            self._retiring.pop().join()
         with self._lock:
+            # Taken under the lock: a rotation racing this call cannot hide a retired segment.
+            retiring, self._retiring = self._retiring, []
             fd = os.dup(self._fd) if self._fd is not None and self._dirty else None
             self._dirty = False
             dir_dirty, self._dir_dirty = self._dir_dirty, False
+        for thread in retiring:
+            thread.join()
         if fd is not None:
             try:
                 os.fsync(fd)
@@ -298,14 +300,15 @@ class Spool:
             os.close(fd)
 
     def _retire_fd(self) -> None:
-        """Rotation happens on the event loop: the old segment's fsync runs in a thread."""
+        """Rotation happens on the event loop: the old segment's fsync runs in a thread,
+        registered in the same locked step, so a concurrent sync() always waits for it."""
         with self._lock:
             fd, self._fd = self._fd, None
-        if fd is not None:
-            thread = threading.Thread(target=_fsync_close, args=(fd,), name="spool-fsync")
-            thread.daemon = True
-            thread.start()
-            self._retiring.append(thread)
+            if fd is not None:
+                thread = threading.Thread(target=_fsync_close, args=(fd,), name="spool-fsync")
+                thread.daemon = True
+                thread.start()
+                self._retiring.append(thread)
 
 
 def read_ranges(ranges: list[SpoolRange], first: int, last: int) -> Iterator[Record]:

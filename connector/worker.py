@@ -28,6 +28,16 @@ if TYPE_CHECKING:
 _sink: tuple[SinkSpec, Sink] | None = None
 
 
+def main(argv: list[str]) -> None:
+    """`python -m connector.worker FD PARENT_PID [LOG_LEVEL LOG_FORMAT]`: FD is the child's
+    end of a socketpair inherited from the receiving process."""
+    from connector import logs
+
+    fd, parent_pid = int(argv[0]), int(argv[1])
+    logs.setup(*(argv[2:4] or ["INFO", "text"]))
+    serve(Connection(fd), parent_pid)
+
+
 def serve(conn: Connection, parent_pid: int) -> None:
     """The child's main loop: (name, args) in, (ok, value or exception) out."""
     _initialize(parent_pid)
@@ -110,3 +120,9 @@ HANDLERS: dict[str, Callable[..., Any]] = {
     "landed_identities": landed_identities,
     "spooled_identities": spooled_identities,
 }
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

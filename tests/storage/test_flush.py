@@ -16,10 +16,12 @@ import msgspec
 import pytest
 
 from connector import ledger
-from connector.flush import FlushSettings, flush_cut
-from tests.oracle import row_to_observation
+from connector.errors import Crashed
+from connector.flush import flush_cut
+from connector.jobs import CutJob, FlushSettings
 from connector.sink import Sink
-from connector.spool import DATA, DEAD, LEDGER, Spool
+from connector.spool import DATA, DEAD, LEDGER, RecordMeta, Spool
+from tests.oracle import row_to_observation
 
 from .conftest import FAST, MotoS3
 
@@ -89,6 +91,16 @@ class Fixture:
     dead: list[dict[str, Any]]
     ledger: list[dict[str, Any]]
 
+    def job(self, spool: Spool | None = None) -> CutJob:
+        """The cut as the intake hands it to the converter: its byte ranges in the spool."""
+        spool = spool or self.spool
+        return CutJob(self.first, self.last, tuple(spool.ranges(self.first, self.last)))
+
+
+def read(sink: Sink, relative: str) -> bytes:
+    data: bytes = sink.fs.cat_file(sink.path(relative))
+    return data
+
 
 def fill_spool(directory: Path) -> Fixture:
     spool = Spool(directory, segment_bytes=2048, max_bytes=1 << 30)  # several segments
@@ -105,7 +117,7 @@ def fill_spool(directory: Path) -> Fixture:
         origin: str = "stream",
         raw: bytes | None = None,
     ) -> int:
-        meta: dict[str, Any] = {"sub": sub, "id": sub_id, "origin": origin, "n": len(observations)}
+        meta = RecordMeta(sub=sub, id=sub_id, origin=origin, n=len(observations))
         body = raw if raw is not None else frame(*observations, sub_id=sub_id or "")
         seq = spool.append(DATA, meta, body, us(received))
         lineage = {"subscription": sub, "subscription_id": sub_id, "origin": origin}
@@ -172,7 +184,7 @@ def fill_spool(directory: Path) -> Fixture:
     )
 
     seq = spool.append(
-        DEAD, {"reason": "malformed message", "sub": None}, BROKEN_FRAME, us("2024-06-24T18:21:00Z")
+        DEAD, RecordMeta(reason="malformed message"), BROKEN_FRAME, us("2024-06-24T18:21:00Z")
     )
     dead.append(
         {
@@ -192,7 +204,9 @@ def fill_spool(directory: Path) -> Fixture:
         gap_end=us("2024-06-24T18:30:00Z"),
         reason="disconnect",
     )
-    spool.append(LEDGER, {}, msgspec.json.encode(gap), us("2024-06-24T18:30:00Z"), force=True)
+    spool.append(
+        LEDGER, RecordMeta(), msgspec.json.encode(gap), us("2024-06-24T18:30:00Z"), force=True
+    )
     events.append(gap)
 
     # Late data: an observation from the previous day arrives long after, via backfill.
@@ -218,14 +232,14 @@ def fill_spool(directory: Path) -> Fixture:
     )
     started = ledger.event(ledger.STREAM_STARTED, "sea", us("2024-06-24T18:33:00Z"))
     last = spool.append(
-        LEDGER, {}, msgspec.json.encode(started), us("2024-06-24T18:33:00Z"), force=True
+        LEDGER, RecordMeta(), msgspec.json.encode(started), us("2024-06-24T18:33:00Z"), force=True
     )
     events.append(started)
     spool.append_cut(first, last, us("2024-06-24T18:34:00Z"))
     # Not part of this cut: must not be flushed with it.
     spool.append(
         DATA,
-        {"sub": "air", "id": "x"},
+        RecordMeta(sub="air", id="x", n=1),
         frame(aircraft("later", "2024-06-24T19:00:00Z", 0.0, 0.0)),
         us("2024-06-24T19:00:01Z"),
     )
@@ -302,7 +316,7 @@ def check_landed_rows(fx: Fixture, got: list[dict[str, Any]]) -> None:
 def test_flush_lands_partitioned_sorted_parquet(spooled: Fixture, tmp_path: Path) -> None:
     fx = spooled
     sink = Sink(str(tmp_path / "lake"), **FAST)
-    result = flush_cut(fx.spool, fx.first, fx.last, sink, FlushSettings(WRITER))
+    result = flush_cut(fx.job(), sink, FlushSettings(WRITER))
 
     assert sink.list() == expected_files(fx)
     parquet_files = [f for f in expected_files(fx) if f.endswith(".parquet")]
@@ -333,7 +347,7 @@ def test_late_observation_lands_in_its_own_older_partition(
 ) -> None:
     fx = spooled
     sink = Sink(str(tmp_path / "lake"), **FAST)
-    flush_cut(fx.spool, fx.first, fx.last, sink, FlushSettings(WRITER))
+    flush_cut(fx.job(), sink, FlushSettings(WRITER))
     late = f"observation_spec_id=baz/date=2024-06-23/hour=23/{stem(fx.first, fx.last)}.parquet"
     got = rows(
         connect(),
@@ -351,17 +365,17 @@ def test_late_observation_lands_in_its_own_older_partition(
 def test_flushing_the_same_cut_twice_is_idempotent(spooled: Fixture, tmp_path: Path) -> None:
     fx = spooled
     sink = Sink(str(tmp_path / "lake"), **FAST)
-    flush_cut(fx.spool, fx.first, fx.last, sink, FlushSettings(WRITER))
-    first_pass = {name: sink.read(name) for name in sink.list()}
+    flush_cut(fx.job(), sink, FlushSettings(WRITER))
+    first_pass = {name: read(sink, name) for name in sink.list()}
     # A crash after the files, before the checkpoint: the restart replays the same cut.
     fx.spool.close()
     replay = Spool(fx.spool.dir, segment_bytes=2048, max_bytes=1 << 30)
     recovered = replay.open(0)
     assert recovered.cuts == [(fx.first, fx.last)]
-    flush_cut(replay, fx.first, fx.last, sink, FlushSettings(WRITER))
+    flush_cut(fx.job(replay), sink, FlushSettings(WRITER))
     replay.close()
 
-    assert {name: sink.read(name) for name in sink.list()} == first_pass
+    assert {name: read(sink, name) for name in sink.list()} == first_pass
     root = tmp_path / "lake"
     con = connect()
     [(total, distinct)] = con.sql(
@@ -377,9 +391,9 @@ def test_dead_letters_are_verbatim_and_outside_the_parquet_glob(
     fx = spooled
     root = tmp_path / "lake"
     sink = Sink(str(root), **FAST)
-    flush_cut(fx.spool, fx.first, fx.last, sink, FlushSettings(WRITER))
+    flush_cut(fx.job(), sink, FlushSettings(WRITER))
     s = stem(fx.first, fx.last)
-    lines = [json.loads(line) for line in sink.read(f"_dead_letter/{s}.jsonl").splitlines()]
+    lines = [json.loads(line) for line in read(sink, f"_dead_letter/{s}.jsonl").splitlines()]
     assert len(lines) == len(fx.dead)
     by_seq = {(d["seq"], d["index"]): d for d in lines}
     for want in fx.dead:
@@ -408,7 +422,7 @@ def test_ledger_events_land_as_json_lines(spooled: Fixture, tmp_path: Path) -> N
     fx = spooled
     root = tmp_path / "lake"
     sink = Sink(str(root), **FAST)
-    flush_cut(fx.spool, fx.first, fx.last, sink, FlushSettings(WRITER))
+    flush_cut(fx.job(), sink, FlushSettings(WRITER))
     got = rows(
         connect(),
         f"SELECT * FROM read_json_auto('{root}/_ledger/*.jsonl', format='newline_delimited')",
@@ -425,7 +439,7 @@ def test_ledger_events_land_as_json_lines(spooled: Fixture, tmp_path: Path) -> N
     }
     assert started["event"] == "stream_started" and started["subscription"] == "sea"
     assert started["recorded_at"] == datetime(2024, 6, 24, 18, 33, tzinfo=UTC)
-    raw = sink.read(f"_ledger/{stem(fx.first, fx.last)}.jsonl")
+    raw = read(sink, f"_ledger/{stem(fx.first, fx.last)}.jsonl")
     assert [json.loads(line) for line in raw.splitlines()] == fx.ledger
 
 
@@ -440,7 +454,7 @@ def test_compression_setting_is_honoured(
     root = tmp_path / "lake"
     sink = Sink(str(root), **FAST)
     settings = FlushSettings(WRITER, compression=setting, row_group_rows=2)
-    flush_cut(fx.spool, fx.first, fx.last, sink, settings)
+    flush_cut(fx.job(), sink, settings)
     con = connect()
     meta = rows(
         con,
@@ -457,7 +471,7 @@ def test_flush_to_s3_reads_back_through_fsspec(spooled: Fixture, moto_s3: MotoS3
     fx = spooled
     bucket = moto_s3.create_bucket()
     sink = Sink(f"s3://{bucket}/lake", moto_s3.options(), **FAST)
-    flush_cut(fx.spool, fx.first, fx.last, sink, FlushSettings(WRITER))
+    flush_cut(fx.job(), sink, FlushSettings(WRITER))
     assert sink.list() == expected_files(fx)
 
     con = connect()
@@ -473,18 +487,102 @@ def test_flush_to_s3_reads_back_through_fsspec(spooled: Fixture, moto_s3: MotoS3
     assert [e["event"] for e in events] == ["gap", "stream_started"]
 
     # Replay against the object store: same keys, same rows, no duplicates.
-    before = {name: sink.read(name) for name in sink.list()}
-    flush_cut(fx.spool, fx.first, fx.last, sink, FlushSettings(WRITER))
-    assert {name: sink.read(name) for name in sink.list()} == before
+    before = {name: read(sink, name) for name in sink.list()}
+    flush_cut(fx.job(), sink, FlushSettings(WRITER))
+    assert {name: read(sink, name) for name in sink.list()} == before
 
 
 def test_empty_cut_writes_nothing(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool", segment_bytes=1 << 20, max_bytes=1 << 30)
     spool.open(0)
-    seq = spool.append(DATA, {"sub": "air", "id": "x"}, frame(), us("2024-06-24T17:00:00Z"))
+    seq = spool.append(DATA, RecordMeta(sub="air", id="x"), frame(), us("2024-06-24T17:00:00Z"))
     spool.append_cut(seq, seq, us("2024-06-24T17:00:01Z"))
     sink = Sink(str(tmp_path / "lake"), **FAST)
-    result = flush_cut(spool, seq, seq, sink, FlushSettings(WRITER))
+    result = flush_cut(CutJob(seq, seq, tuple(spool.ranges(seq, seq))), sink, FlushSettings(WRITER))
     spool.close()
     assert (result.files, result.rows, result.rejected) == ([], 0, 0)
     assert sink.list() == []
+
+
+def test_a_damaged_record_fails_the_cut_and_lands_nothing(spooled: Fixture, tmp_path: Path) -> None:
+    """A cut is never committed short: a record whose bytes changed on disk (its crc fails)
+    stops the flush before any file is written."""
+    fx = spooled
+    fx.spool.close()
+    segment = Path(fx.job().ranges[0].path)
+    data = bytearray(segment.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside the first segment's records
+    segment.write_bytes(bytes(data))
+    sink = Sink(str(tmp_path / "lake"), **FAST)
+    with pytest.raises(Crashed, match=r"spool damaged: read \d+ of \d+ records") as info:
+        flush_cut(fx.job(), sink, FlushSettings(WRITER))
+    assert f"seq {fx.first}-{fx.last}" in str(info.value)
+    assert sink.list() == []
+
+
+def test_a_job_missing_a_byte_range_fails_the_cut(spooled: Fixture, tmp_path: Path) -> None:
+    fx = spooled
+    job = fx.job()
+    assert len(job.ranges) > 2  # the fixture spans several segments
+    short = CutJob(job.first, job.last, job.ranges[:1] + job.ranges[2:])
+    sink = Sink(str(tmp_path / "lake"), **FAST)
+    with pytest.raises(Crashed, match="spool damaged"):
+        flush_cut(short, sink, FlushSettings(WRITER))
+    assert sink.list() == []
+
+
+def test_a_cut_larger_than_a_piece_lands_every_row_once(tmp_path: Path) -> None:
+    """Cuts are converted a piece at a time; the pieces' tables become one set of files. Odd
+    observations (unknown fields) in some frames take the general path, the rest the fast one."""
+    from connector.flush import PIECE_OBSERVATIONS
+
+    spool = Spool(tmp_path / "spool", segment_bytes=1 << 20, max_bytes=1 << 30)
+    spool.open(0)
+    per_frame = 500
+    frames = (5 * PIECE_OBSERVATIONS // 2) // per_frame + 1
+    base = us("2024-06-24T16:30:00Z")
+    expected: set[tuple[int, str, int]] = set()
+    odd = 0
+    first = spool.next_seq
+    for f in range(frames):
+        observations = []
+        for i in range(per_frame):
+            at = base + (f * per_frame + i) * 200_000  # 0.2 s apart: about 3 hours in all
+            ts = datetime.fromtimestamp(at / 1e6, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            obs = (ship if i % 2 else aircraft)(f"t-{i % 37}", ts, -77.0 + i / 1000, 38.0)
+            if f % 7 == 3 and i % 100 == 0:
+                obs["confidence"] = 0.5  # not in the documented shape
+                odd += 1
+            observations.append(obs)
+        seq = spool.append(
+            DATA,
+            RecordMeta(sub="air", id="3255ebeb", n=per_frame),
+            frame(*observations),
+            base + f,
+        )
+        expected |= {(seq, o["trackId"], us(o["timestamp"])) for o in observations}
+    last = spool.next_seq - 1
+    spool.append_cut(first, last, base + frames)
+    sink = Sink(str(tmp_path / "lake"), **FAST)
+    result = flush_cut(
+        CutJob(first, last, tuple(spool.ranges(first, last))), sink, FlushSettings(WRITER)
+    )
+    spool.close()
+
+    assert result.rows == frames * per_frame == len(expected)
+    assert result.rows_by_subscription == {"air": result.rows}
+    assert result.slow_rows == odd > 0  # only the odd observations took the general path
+    root = tmp_path / "lake"
+    landed = connect().sql(
+        f"SELECT seq, track_id, epoch_us(timestamp) FROM "
+        f"read_parquet('{root}/**/*.parquet', hive_partitioning=true)"
+    )
+    got = landed.fetchall()
+    assert len(got) == len(expected)
+    assert set(got) == expected
+    # One file per (spec, hour): two specs, three or four hours each.
+    assert {p.split("/")[0] for p, _, _ in result.files} == {
+        "observation_spec_id=baz",
+        "observation_spec_id=foo",
+    }
+    assert len(result.files) == len({p.rsplit("/", 1)[0] for p, _, _ in result.files})

@@ -8,6 +8,7 @@ import os
 import threading
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from connector.errors import SinkError, TransientSinkError
@@ -16,6 +17,12 @@ from connector.sink import Sink
 from .conftest import FAST, MotoS3, SinkTarget, start_moto, stop_moto
 
 PART = "observation_spec_id=baz/date=2024-06-24/hour=17"
+
+
+def read(sink: Sink, relative: str) -> bytes:
+    """Read a landed file back through the sink's own filesystem, at root/relative."""
+    data: bytes = sink.fs.cat_file(sink.path(relative))
+    return data
 
 
 def retry_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -27,7 +34,7 @@ def test_put_then_read_returns_the_bytes(target: SinkTarget) -> None:
     sink = target.sink()
     payload = bytes(range(256)) * 1000
     sink.put("a.parquet", payload)
-    assert sink.read("a.parquet") == payload
+    assert read(sink, "a.parquet") == payload
     # Another client of the same store sees the same object at root/relative.
     fs = target.raw_fs()
     assert fs.cat_file(sink.path("a.parquet")) == payload
@@ -37,7 +44,7 @@ def test_put_overwrites_the_same_name(target: SinkTarget) -> None:
     sink = target.sink()
     sink.put(f"{PART}/w-1-2.parquet", b"first attempt")
     sink.put(f"{PART}/w-1-2.parquet", b"replayed")
-    assert sink.read(f"{PART}/w-1-2.parquet") == b"replayed"
+    assert read(sink, f"{PART}/w-1-2.parquet") == b"replayed"
     assert sink.list() == [f"{PART}/w-1-2.parquet"]
 
 
@@ -57,14 +64,14 @@ def test_list_returns_sorted_relative_paths(target: SinkTarget) -> None:
     assert sink.list("nothing/here") == []
     for name in sink.list():
         assert not name.startswith("/")
-        assert sink.read(name) == name.encode()
+        assert read(sink, name) == name.encode()
 
 
 def test_put_into_nested_partition_dirs(target: SinkTarget) -> None:
     sink = target.sink()
     deep = "observation_spec_id=a%2Fb/date=2024-01-01/hour=00/x/y/z/w-1-1.parquet"
     sink.put(deep, b"deep")
-    assert sink.read(deep) == b"deep"
+    assert read(sink, deep) == b"deep"
     assert sink.list() == [deep]
 
 
@@ -123,7 +130,41 @@ def test_glob_never_sees_a_partial_or_temporary_file(target: SinkTarget) -> None
         thread.join()
     assert bad_reads == []
     assert {fs._strip_protocol(p) for p in seen_names} <= {fs._strip_protocol(final)}
-    assert sink.read(name) == versions[-1]
+    assert read(sink, name) == versions[-1]
+
+
+def test_list_dirs_names_the_folders_directly_below(target: SinkTarget) -> None:
+    sink = target.sink()
+    assert sink.list_dirs("") == []  # nothing written yet: the root may not even exist
+    names = [
+        f"{PART}/w-1-2.parquet",
+        "observation_spec_id=baz/date=2024-06-24/hour=18/w-1-2.parquet",
+        "observation_spec_id=baz/date=2024-06-23/hour=23/w-1-2.parquet",
+        "observation_spec_id=a%2Fb/date=2024-06-24/hour=17/w-1-2.parquet",
+        "_dead_letter/w-1-2.jsonl",
+        "top-level-file.txt",  # a file is not a folder
+    ]
+    for name in names:
+        sink.put(name, b"x")
+    assert sink.list_dirs("") == [
+        "_dead_letter",
+        "observation_spec_id=a%2Fb",
+        "observation_spec_id=baz",
+    ]
+    assert sink.list_dirs("observation_spec_id=baz") == ["date=2024-06-23", "date=2024-06-24"]
+    assert sink.list_dirs("observation_spec_id=baz/date=2024-06-24") == ["hour=17", "hour=18"]
+    assert sink.list_dirs(PART) == []  # only files below
+    assert sink.list_dirs("nothing/here") == []
+
+
+def test_put_accepts_an_arrow_buffer(target: SinkTarget) -> None:
+    """Parquet bytes come out of pyarrow as a Buffer: they land byte for byte on every store."""
+    sink = target.sink()
+    data = bytes(range(256)) * 100
+    sink.put(f"{PART}/w-1-2.parquet", pa.py_buffer(data))
+    sink.put(f"{PART}/w-3-4.parquet", memoryview(data))
+    assert read(sink, f"{PART}/w-1-2.parquet") == data
+    assert read(sink, f"{PART}/w-3-4.parquet") == data
 
 
 def test_check_passes_on_a_writable_sink_and_leaves_no_file(target: SinkTarget) -> None:
@@ -200,7 +241,7 @@ def test_unreachable_endpoint_is_retried_then_transient(
         options = moto.options(config_kwargs={"retries": {"total_max_attempts": 1}})
         sink = Sink(f"s3://{bucket}/lake", options, max_attempts=3, max_wait=0.01)
         sink.put("before.parquet", b"ok")
-        assert sink.read("before.parquet") == b"ok"
+        assert read(sink, "before.parquet") == b"ok"
     finally:
         stop_moto(moto)
     with (

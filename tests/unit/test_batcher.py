@@ -14,9 +14,11 @@ def test_cuts_at_max_rows_including_the_frame_that_reaches_it() -> None:
     b = Batcher(max_rows=10, max_bytes=10**9, max_seconds=60)
     assert b.add(1, 4, 100, now=0.0) is None
     assert b.add(2, 5, 100, now=1.0) is None
-    assert b.pending_rows == 9
     assert b.add(3, 2, 100, now=2.0) == Cut(1, 3, 11, 300, "rows")
-    assert b.empty and b.pending_rows == 0 and b.deadline() is None
+    # Nothing is left pending, and the next batch starts counting from zero.
+    assert b.deadline() is None and b.force() is None
+    assert b.add(4, 1, 10, now=3.0) is None
+    assert b.force() == Cut(4, 4, 1, 10, "stop")
 
 
 def test_cuts_at_max_bytes() -> None:

@@ -42,7 +42,8 @@ def test_subscribe_message_is_the_wire_format() -> None:
     assert json.loads(p.subscribe("all", {})) == json.loads(golden("subscribe_everything.json"))
     polygon = json.loads(golden("subscribe_polygon.json"))
     assert json.loads(p.subscribe("dc", polygon["query"])) == polygon
-    assert p.pending == 2
+    assert p.pending("all") and p.pending("dc")
+    assert not p.pending("other")
 
 
 def test_replies_are_matched_to_subscribes_in_order() -> None:
@@ -50,9 +51,9 @@ def test_replies_are_matched_to_subscribes_in_order() -> None:
     p.subscribe("first", {})
     p.subscribe("second", {"time": {"start": "2024-01-01T00:00:00Z"}})
     assert p.receive(ok("id-1")) == Subscribed("first", "id-1")
-    assert p.pending == 1
+    assert not p.pending("first") and p.pending("second")
     assert p.receive(ok("id-2")) == Subscribed("second", "id-2")
-    assert p.pending == 0
+    assert not p.pending("first") and not p.pending("second")
     assert p.ids == {"first": "id-1", "second": "id-2"}
 
 
@@ -177,7 +178,9 @@ def test_unusable_frames_are_malformed_and_kept(frame: str, reason: str) -> None
     assert isinstance(event, Malformed)
     assert reason in event.reason
     assert event.raw == frame.encode()
-    assert p.pending == 1  # not a reply: the subscribe still waits for its own
+    assert p.pending("keep")  # not a reply: the subscribe still waits for its own
+    assert p.receive(ok("id-k")) == Subscribed("keep", "id-k")
+    assert not p.pending("keep")
 
 
 def test_seed_stray_brace_subscribe_is_malformed_json() -> None:
@@ -203,3 +206,43 @@ def test_unknown_fields_are_tolerated() -> None:
     p = Protocol()
     p.subscribe("a", {})
     assert p.receive('{"type":"subscribed","id":"i","errors":[],"v":2}') == Subscribed("a", "i")
+
+
+def test_replies_carry_the_token_of_the_subscribe_they_answer() -> None:
+    """Each subscribe's token comes back on its own reply (by order), success or failure."""
+    p = Protocol()
+    p.subscribe("a", {}, token=3)
+    p.subscribe("a", {"time": {"start": "2024-01-01T00:00:00Z"}}, token=4)
+    p.subscribe("b", {})  # no token given
+    assert p.pending("a") and p.pending("b")
+    assert p.receive(ok("id-a3")) == Subscribed("a", "id-a3", 3)
+    assert p.pending("a")  # the second subscribe of "a" still waits
+    failed = p.receive('{"type":"subscribed","errors":[{"error":"InvalidQuery"}]}')
+    assert failed == SubscribeFailed("a", [{"error": "InvalidQuery"}], 4)
+    assert not p.pending("a")
+    assert p.receive(ok("id-b")) == Subscribed("b", "id-b", 0)
+    assert not p.pending("b")
+
+
+def test_a_malformed_reply_carries_its_token() -> None:
+    p = Protocol()
+    p.subscribe("a", {}, token=7)
+    event = p.receive('{"type":"subscribed","id":"id-a","errors":"oops"}')
+    assert isinstance(event, SubscribeFailed)
+    assert (event.name, event.token, event.errors[0]["error"]) == ("a", 7, "MalformedReply")
+
+
+def test_unsubscribe_id_retires_an_id_that_is_still_routed() -> None:
+    """A superseded reply's id is unsubscribed by id; data already on its way is still ours."""
+    p = Protocol()
+    p.subscribe("dc", {}, token=1)
+    p.receive(golden("subscribed_ok.json"))
+    message = p.unsubscribe_id(SEED_ID)
+    assert json.loads(message) == json.loads(golden("unsubscribe.json"))
+    assert p.ids == {}
+    assert p.unsubscribe("dc") is None  # nothing left to unsubscribe by name
+    raw = golden("data_seed_example.json")
+    assert p.receive(raw) == Data("dc", SEED_ID, 1, raw)
+    # An id that was never adopted gets its unsubscribe message all the same.
+    assert json.loads(p.unsubscribe_id("never-seen")) == {"type": "unsubscribe", "id": "never-seen"}
+    assert isinstance(p.receive(data("never-seen", 1)), Malformed)

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from connector.parquet import encode
 from connector.records import Columns, FrameMeta
-from tests.oracle import row_to_observation
 from connector.schema import SCHEMA
+from tests.oracle import row_to_observation
 
 CASES = Path(__file__).resolve().parents[1] / "cases"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

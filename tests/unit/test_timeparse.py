@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connector.timeparse import format_ns, format_us, parse_timestamp_ns, parse_timestamp_us
+from connector.timeparse import format_us, parse_timestamp_ns, parse_timestamp_us
 
 BASE_NS = int(datetime(2024, 6, 24, 17, 0, 0, tzinfo=UTC).timestamp()) * 10**9
 
@@ -95,13 +95,6 @@ def test_format_us_canonical_form(us: int, text: str) -> None:
     assert parse_timestamp_us(text) == us
 
 
-def test_format_ns() -> None:
-    assert format_ns(BASE_NS + 123_456_789) == "2024-06-24T17:00:00.123456789Z"
-    assert format_ns(BASE_NS + 100) == "2024-06-24T17:00:00.0000001Z"
-    assert format_ns(BASE_NS) == "2024-06-24T17:00:00Z"
-    assert format_ns(-62135596800 * 10**9) == "0001-01-01T00:00:00Z"
-
-
 CANONICAL_US = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{0,5}[1-9])?Z", re.ASCII)
 MIN_US = -62135596800 * 10**6
 MAX_US = 253402300799 * 10**6 + 999_999
@@ -112,11 +105,6 @@ def test_format_us_round_trips(us: int) -> None:
     text = format_us(us)
     assert parse_timestamp_us(text) == us
     assert CANONICAL_US.fullmatch(text), text
-
-
-@given(st.integers(MIN_US * 1000, MAX_US * 1000 + 999))
-def test_format_ns_round_trips(ns: int) -> None:
-    assert parse_timestamp_ns(format_ns(ns)) == ns
 
 
 @given(
