@@ -134,24 +134,15 @@ class Backfiller:
                 self._record(gap, start, end, "failed", error=error, **counts)
                 return False
             wanted = await asyncio.to_thread(_select, fetched, dict(sub.query), lo, hi)
-            await self.port.barrier()
-            # No file becomes visible while we look: landed + spooled is everything we have.
-            async with self.port.gate:
-                have = await self.port.spooled_identities(gap.subscription)
-                have |= await self.port.landed_identities(gap.subscription, lo, hi)
-            fresh = await asyncio.to_thread(_fresh, wanted, have)
-            for i in range(0, len(fresh), CHUNK):
-                chunk = fresh[i : i + CHUNK]
-                payload = msgspec.json.encode({"observations": chunk})
-                meta = RecordMeta(sub=gap.subscription, origin="backfill", n=len(chunk))
-                if not await self._ingest(meta, payload, len(chunk)):
-                    error = "spool full during backfill"
-                    self._record(gap, start, end, "failed", error=error, **counts)
-                    return False
+            fresh = await self._spool_fresh(gap.subscription, wanted, lo, hi)
+            if fresh is None:
+                error = "spool full during backfill"
+                self._record(gap, start, end, "failed", error=error, **counts)
+                return False
             counts["fetched"] += len(fetched)
             counts["matched"] += len(wanted)
-            counts["rows"] += len(fresh)
-            self.port.counted(len(fresh))
+            counts["rows"] += fresh
+            self.port.counted(fresh)
         log.info(
             "backfilled %s %s..%s: %d fetched, %d matched, %d new",
             gap.subscription,
@@ -163,6 +154,22 @@ class Backfiller:
         )
         self._record(gap, start, end, "ok", **counts)
         return True
+
+    async def _spool_fresh(self, name: str, wanted: list[Any], lo: int, hi: int) -> int | None:
+        """Spool what is not landed or spooled yet; how many, or None when the spool is full."""
+        await self.port.barrier()
+        # No file becomes visible while we look: landed + spooled is everything we have.
+        async with self.port.gate:
+            have = await self.port.spooled_identities(name)
+            have |= await self.port.landed_identities(name, lo, hi)
+        fresh = await asyncio.to_thread(_fresh, wanted, have)
+        for i in range(0, len(fresh), CHUNK):
+            chunk = fresh[i : i + CHUNK]
+            payload = msgspec.json.encode({"observations": chunk})
+            meta = RecordMeta(sub=name, origin="backfill", n=len(chunk))
+            if not await self._ingest(meta, payload, len(chunk)):
+                return None
+        return len(fresh)
 
     async def _ingest(self, meta: RecordMeta, payload: bytes, rows: int) -> bool:
         """Spool a backfill chunk, waiting (bounded) for committed cuts to free spool space."""

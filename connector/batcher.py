@@ -27,14 +27,6 @@ class Batcher:
         self._bytes = 0
         self._opened_at = 0.0
 
-    @property
-    def pending_rows(self) -> int:
-        return self._rows
-
-    @property
-    def empty(self) -> bool:
-        return self._first is None
-
     def add(self, seq: int, rows: int, nbytes: int, now: float) -> Cut | None:
         """Account one spooled frame; returns a cut when a size limit is reached."""
         if self._first is None:

@@ -23,55 +23,19 @@ import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from connector import wire
 from connector.records import Columns, FrameMeta, Rejected
 from connector.schema import SCHEMA, UTC_US
 
-_UNSET = msgspec.UNSET
-_Unset = msgspec.UnsetType
-
-
-class _Field(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    propertyType: str
-    value: msgspec.Raw
-
-
-class _Position(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    longitude: float | int
-    latitude: float | int
-    elevation: float | int | _Unset = _UNSET
-
-
-class _Observation(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    sourceSystemId: str
-    collectionId: str
-    observationSpecId: str
-    trackId: str
-    position: _Position
-    timestamp: str
-    name: str | _Unset | None = _UNSET
-    staticProperties: list[_Field] | _Unset = _UNSET
-    liveProperties: list[_Field] | _Unset = _UNSET
-    style: msgspec.Raw | _Unset = _UNSET
-
-
-class _Frame(msgspec.Struct, gc=False):  # the envelope's other fields are the receiver's
-    observations: list[_Observation]
-
-
-class _RawFrame(msgspec.Struct, gc=False):
-    observations: list[msgspec.Raw]
-
-
-_frame_decoder = msgspec.json.Decoder(_Frame)
-_raw_decoder = msgspec.json.Decoder(_RawFrame)
-_observation_decoder = msgspec.json.Decoder(_Observation)
+_UNSET = wire.UNSET
+_Unset = wire.Unset
+_Observation = wire.Observation
+_Field = wire.Field
+_frame_decoder = wire.frame_decoder
+_raw_decoder = wire.raw_frame_decoder
+_observation_decoder = wire.observation_decoder
 _PAIRWISE_UP_TO = 16  # longest property list checked for repeats by pairwise passes
-# format_us spelling: seconds, then 1-6 fraction digits without a trailing zero, then Z; years
-# 0001-9999 (RE2 has no lookahead, hence the spelled-out year).
-_CANONICAL = (
-    r"^([1-9]\d{3}|0[1-9]\d\d|00[1-9]\d|000[1-9])-\d\d-\d\dT([01]\d|2[0-3]):[0-5]\d:[0-5]\d"
-    r"(\.\d{0,5}[1-9])?Z$"
-)
+# What the cast reads as UTC; years 0001-9999 (RE2 has no lookahead: the year spelled out).
 _Z_SHAPED = (
     r"^([1-9]\d{3}|0[1-9]\d\d|00[1-9]\d|000[1-9])-\d\d-\d\dT([01]\d|2[0-3]):[0-5]\d:[0-5]\d"
     r"(\.\d{1,9})?Z$"
@@ -172,18 +136,8 @@ def _fast(decoded: list[_Decoded], slow: Columns) -> pa.Table:
     static = [o.staticProperties for o in observations]
     live = [o.liveProperties for o in observations]
     style = [o.style for o in observations]
-    lon = [p.longitude for p in pos]
-    lat = [p.latitude for p in pos]
-    elev = [p.elevation for p in pos]
     odd: set[int] = set()
-    clean = {}
-    for column, values in (("longitude", lon), ("latitude", lat)):
-        clean[column] = set(map(type, values)) == {float}
-        if not clean[column]:  # ints (exact or not) are the general path's to judge
-            odd.update(i for i, v in enumerate(values) if type(v) is not float)
-    elevations = [None if e is _UNSET else e for e in elev]
-    if not set(map(type, elevations)) <= {float, type(None)}:
-        odd.update(i for i, e in enumerate(elevations) if e is not None and type(e) is not float)
+    longitude, latitude, elevation = _position(pos, odd)
     timestamps, kept_stamp = _timestamps(pa.array(ts, pa.string()), odd)
     # An explicit null name (unlike an absent one) is kept in `extra`, after the timestamp.
     null_name = None
@@ -202,9 +156,9 @@ def _fast(decoded: list[_Decoded], slow: Columns) -> pa.Table:
         "observation_spec_id": _strings(spec, odd),
         "track_id": _strings(track, odd),
         "timestamp": timestamps,
-        "longitude": pa.array(lon, pa.float64()) if clean["longitude"] else _floats(lon),
-        "latitude": pa.array(lat, pa.float64()) if clean["latitude"] else _floats(lat),
-        "elevation": _floats(elevations),
+        "longitude": longitude,
+        "latitude": latitude,
+        "elevation": elevation,
         "name": _strings([v if type(v) is str else None for v in names], odd),
         "static_properties": static_map,
         "live_properties": live_map,
@@ -217,6 +171,21 @@ def _fast(decoded: list[_Decoded], slow: Columns) -> pa.Table:
         dropped = _to_slow_path(decoded, sorted(odd), slow)
         table = table.filter(pa.array([i not in dropped for i in range(n)], pa.bool_()))
     return table
+
+
+def _position(pos: list[wire.Position], odd: set[int]) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """Floats as they are; ints (exact or not) and their rows are the general path's to judge."""
+    out = []
+    for values in ([p.longitude for p in pos], [p.latitude for p in pos]):
+        if set(map(type, values)) == {float}:
+            out.append(pa.array(values, pa.float64()))
+        else:
+            odd.update(i for i, v in enumerate(values) if type(v) is not float)
+            out.append(_floats(values))
+    elevations = [None if p.elevation is _UNSET else p.elevation for p in pos]
+    if not set(map(type, elevations)) <= {float, type(None)}:
+        odd.update(i for i, e in enumerate(elevations) if e is not None and type(e) is not float)
+    return out[0], out[1], _floats(elevations)
 
 
 def _strings(values: Sequence[str | None], odd: set[int]) -> pa.Array:
@@ -255,18 +224,24 @@ def _extra(n: int, *parts: pa.Array | None) -> pa.Array:
 
 def _timestamps(stamps: pa.Array, odd: set[int]) -> tuple[pa.Array, pa.Array | None]:
     """Parsed in C++. A `...Z` spelling format_us would not write (`.120Z`, 7-9 digits) keeps
-    its text for `extra` (the second result); other zones and forms go to the general path."""
+    its text for `extra` (the second result); other zones and forms go to the general path.
+    One regex checks the shape; canonical-or-not then needs only cheap string kernels."""
+    shaped = pc.match_substring_regex(stamps, _Z_SHAPED)
+    if not pc.all(shaped).as_py():
+        odd.update(i for i, ok in enumerate(shaped.to_pylist()) if not ok)
+        stamps = pc.if_else(shaped, stamps, pa.scalar("1970-01-01T00:00:00Z"))
+    fraction = pc.match_substring(stamps, ".")
+    # Shaped, so the length says the digits: 27 characters is a 6-digit fraction.
+    too_long = pc.greater(pc.utf8_length(stamps), 27)
+    trailing_zero = pc.and_(fraction, pc.ends_with(stamps, "0Z"))
     kept = None
-    canonical = pc.match_substring_regex(stamps, _CANONICAL)
-    if not pc.all(canonical).as_py():
-        shaped = pc.match_substring_regex(stamps, _Z_SHAPED)
-        if not pc.all(shaped).as_py():
-            odd.update(i for i, ok in enumerate(shaped.to_pylist()) if not ok)
-            stamps = pc.if_else(shaped, stamps, pa.scalar("1970-01-01T00:00:00Z"))
+    if pc.any(pc.or_(trailing_zero, too_long)).as_py():
+        noncanonical = pc.or_(trailing_zero, too_long)
         text = pc.binary_join_element_wise('"timestamp":"', stamps, '"', "")
-        kept = pc.if_else(canonical, pa.scalar(None, pa.string()), text)
-        # Microseconds, rounded down as parse_z does: drop digits beyond the sixth.
-        stamps = pc.replace_substring_regex(stamps, r"(\.\d{6})\d+Z$", r"\1Z")
+        kept = pc.if_else(noncanonical, text, pa.scalar(None, pa.string()))
+        if pc.any(too_long).as_py():
+            # Microseconds, rounded down as parse_z does: drop digits beyond the sixth.
+            stamps = pc.replace_substring_regex(stamps, r"(\.\d{6})\d+Z$", r"\1Z")
     try:
         return stamps.cast(UTC_US), kept
     except pa.ArrowInvalid:  # the right shape but no such day (2023-02-30): rare, go slow

@@ -21,13 +21,11 @@ from urllib.parse import urlsplit
 from connector.errors import ConfigError
 from connector.query import validate_query
 from connector.secret import TokenSource
+from connector.tables import Reader, env_overrides
 
 DEFAULT_PATH = "/api/ws/gotham/v1/observations/{observation_spec_id}"
 COMPRESSIONS = ("zstd", "snappy", "gzip", "none")
-ENV_PREFIX = "GOTHAM_CONNECTOR__"
 _NAME = re.compile(r"[A-Za-z0-9_-]+\Z")
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\Z")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 @dataclass(frozen=True)
@@ -126,87 +124,6 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
 
 
-class _Reader:
-    """Pulls typed values out of one TOML table, recording problems instead of raising."""
-
-    def __init__(self, table: Mapping[str, Any], prefix: str, problems: list[tuple[str, str]]):
-        self.table, self.prefix, self.problems = table, prefix, problems
-        self.seen: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}.{name}" if self.prefix else name
-
-    def fail(self, name: str, message: str) -> None:
-        self.problems.append((self.key(name), message))
-
-    def get(self, name: str, kind: str, default: Any, *, required: bool = False) -> Any:
-        self.seen.add(name)
-        if name not in self.table:
-            if required:
-                self.fail(name, "is required")
-            return default
-        value = self.table[name]
-        ok, converted = _convert(kind, value)
-        if not ok:
-            self.fail(name, f"expected {kind}, got {_describe(value)}")
-            return default
-        return converted
-
-    def unknown(self, allowed: set[str] | None = None) -> None:
-        for name in self.table:
-            if name not in (allowed if allowed is not None else self.seen):
-                self.fail(name, "unknown key")
-
-
-def _describe(value: object) -> str:
-    return f"{type(value).__name__} {value!r}"[:80]
-
-
-def _convert(kind: str, value: Any) -> tuple[bool, Any]:
-    if kind == "string":
-        return isinstance(value, str) and value != "", value
-    if kind == "bool":
-        return isinstance(value, bool), value
-    if kind == "positive integer":
-        return isinstance(value, int) and not isinstance(value, bool) and value > 0, value
-    if kind == "positive number":
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
-        return ok, float(value) if ok else value
-    if kind == "non-negative number":
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
-        return ok, float(value) if ok else value
-    if kind == "duration (seconds or '90s', '15m', '6h', '1d')":
-        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-            return True, float(value)
-        m = _DURATION.match(value.strip()) if isinstance(value, str) else None
-        if m and float(m.group(1)) > 0:
-            return True, float(m.group(1)) * _UNITS[m.group(2)]
-        return False, value
-    if kind == "table":
-        return isinstance(value, dict), value
-    raise AssertionError(kind)
-
-
-def _env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> None:
-    for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX):
-            continue
-        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
-        if len(path) < 2:
-            continue
-        try:
-            value: Any = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw
-        node = data
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                break
-        else:
-            node[path[-1]] = value
-
-
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     """Read, check and type a config file. Raises ConfigError listing every problem."""
     try:
@@ -217,11 +134,11 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError.single("config", f"{path} is not valid TOML: {exc}") from None
-    _env_overrides(data, os.environ if environ is None else environ)
+    env_overrides(data, os.environ if environ is None else environ)
     return parse_config(data)
 
 
-def parse_config(data: Mapping[str, Any], base: Path = Path()) -> Config:
+def parse_config(data: Mapping[str, Any]) -> Config:
     problems: list[tuple[str, str]] = []
     sections = ("source", "subscriptions", "batch", "sink", "state", "backfill", "log")
     for name in data:
@@ -235,7 +152,7 @@ def parse_config(data: Mapping[str, Any], base: Path = Path()) -> Config:
             return {}
         return value
 
-    source = _source(table("source"), problems, base)
+    source = _source(table("source"), problems)
     subscriptions = _subscriptions(data.get("subscriptions"), problems)
     batch = _section(
         table("batch"),
@@ -249,7 +166,7 @@ def parse_config(data: Mapping[str, Any], base: Path = Path()) -> Config:
         },
     )
     sink = _sink(table("sink"), problems)
-    state = _state(table("state"), problems, base)
+    state = _state(table("state"), problems)
     backfill = _section(
         table("backfill"),
         "backfill",
@@ -286,17 +203,15 @@ def _section(
     cls: Callable[..., Any],
     kinds: dict[str, str],
 ) -> Any:
-    r = _Reader(tbl, prefix, problems)
+    r = Reader(tbl, prefix, problems)
     defaults = cls()
     values = {k: r.get(k, kind, getattr(defaults, k)) for k, kind in kinds.items()}
     r.unknown()
     return cls(**values)
 
 
-def _source(
-    tbl: Mapping[str, Any], problems: list[tuple[str, str]], base: Path
-) -> SourceConfig | None:
-    r = _Reader(tbl, "source", problems)
+def _source(tbl: Mapping[str, Any], problems: list[tuple[str, str]]) -> SourceConfig | None:
+    r = Reader(tbl, "source", problems)
     url = r.get("url", "string", None, required=True)
     if url is not None:
         parts = urlsplit(url)
@@ -311,17 +226,9 @@ def _source(
         r.fail("path", "must start with /")
     elif "{observation_spec_id}" not in path:
         r.fail("path", "must contain {observation_spec_id}")
-    token_env = r.get("token_env", "string", None)
-    token_file = r.get("token_file", "string", None)
-    if token_env and token_file:
-        r.fail("token_file", "give token_env or token_file, not both")
-    token = (
-        TokenSource(env=None, file=_resolve(base, token_file))
-        if token_file
-        else TokenSource(env=token_env or "GOTHAM_TOKEN")
-    )
+    token = _token(r)
     ca_file = r.get("ca_file", "string", None)
-    if ca_file is not None and not _resolve(base, ca_file).is_file():
+    if ca_file is not None and not _resolve(ca_file).is_file():
         r.fail("ca_file", f"no such file: {ca_file}")
     rest_url = r.get("rest_url", "string", None)
     if rest_url is not None and urlsplit(rest_url).scheme not in ("http", "https"):
@@ -350,12 +257,22 @@ def _source(
         observation_spec_id=spec,
         path=path,
         token=token,
-        ca_file=_resolve(base, ca_file) if ca_file else None,
+        ca_file=_resolve(ca_file) if ca_file else None,
         rest_url=rest_url,
         permessage_deflate=deflate,
         max_message_bytes=max_message,
         **numbers,
     )
+
+
+def _token(r: Reader) -> TokenSource:
+    token_env = r.get("token_env", "string", None)
+    token_file = r.get("token_file", "string", None)
+    if token_env and token_file:
+        r.fail("token_file", "give token_env or token_file, not both")
+    if token_file:
+        return TokenSource(env=None, file=_resolve(token_file))
+    return TokenSource(env=token_env or "GOTHAM_TOKEN")
 
 
 def _subscriptions(value: object, problems: list[tuple[str, str]]) -> tuple[Subscription, ...]:
@@ -372,7 +289,7 @@ def _subscriptions(value: object, problems: list[tuple[str, str]]) -> tuple[Subs
         if not isinstance(entry, dict):
             problems.append((prefix, "expected a table"))
             continue
-        r = _Reader(entry, prefix, problems)
+        r = Reader(entry, prefix, problems)
         name = r.get("name", "string", None, required=True)
         if name is not None:
             r.prefix = f"subscriptions[{i}] ({name})"
@@ -392,7 +309,7 @@ def _subscriptions(value: object, problems: list[tuple[str, str]]) -> tuple[Subs
 
 
 def _sink(tbl: Mapping[str, Any], problems: list[tuple[str, str]]) -> SinkConfig:
-    r = _Reader(tbl, "sink", problems)
+    r = Reader(tbl, "sink", problems)
     d = SinkConfig()
     url = r.get("url", "string", d.url)
     options = r.get("storage_options", "table", {})
@@ -406,8 +323,8 @@ def _sink(tbl: Mapping[str, Any], problems: list[tuple[str, str]]) -> SinkConfig
     return SinkConfig(url, options, compression, level, rows, attempts)
 
 
-def _state(tbl: Mapping[str, Any], problems: list[tuple[str, str]], base: Path) -> StateConfig:
-    r = _Reader(tbl, "state", problems)
+def _state(tbl: Mapping[str, Any], problems: list[tuple[str, str]]) -> StateConfig:
+    r = Reader(tbl, "state", problems)
     d = StateConfig()
     directory = r.get("dir", "string", str(d.dir))
     writer_id = r.get("writer_id", "string", None)
@@ -416,10 +333,14 @@ def _state(tbl: Mapping[str, Any], problems: list[tuple[str, str]], base: Path) 
     fsync = r.get("fsync_seconds", "non-negative number", d.fsync_seconds)
     spool = r.get("max_spool_bytes", "positive integer", d.max_spool_bytes)
     segment = r.get("segment_bytes", "positive integer", d.segment_bytes)
+    if isinstance(spool, int) and isinstance(segment, int) and spool < 2 * segment:
+        # A segment is released only when wholly committed: with less than two segments of
+        # room the spool could never make room again and would drop every frame.
+        r.fail("max_spool_bytes", f"{spool} must be at least twice segment_bytes ({segment})")
     r.unknown()
-    return StateConfig(_resolve(base, directory), writer_id, fsync, spool, segment)
+    return StateConfig(_resolve(directory), writer_id, fsync, spool, segment)
 
 
-def _resolve(base: Path, value: str) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else base / path
+def _resolve(value: str) -> Path:
+    """Relative paths stay relative: to the working directory, as fsspec treats sink.url."""
+    return Path(value).expanduser()

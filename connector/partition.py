@@ -19,12 +19,17 @@ def split(table: pa.Table) -> Iterator[tuple[str, pa.Table, pa.Array]]:
     if table.num_rows == 0:
         return
     hours = pc.floor_temporal(table["timestamp"], unit="hour")
-    keyed = table.append_column("_hour", hours)
-    groups = keyed.group_by(["observation_spec_id", "_hour"]).aggregate([])
-    specs, starts = groups["observation_spec_id"].to_pylist(), groups["_hour"].to_pylist()
+    spec_range, hour_range = pc.min_max(table["observation_spec_id"]), pc.min_max(hours)
+    if spec_range["min"] == spec_range["max"] and hour_range["min"] == hour_range["max"]:
+        # The common case, found with two min/max scans: one spec, one hour, no copy.
+        specs, starts = [spec_range["min"].as_py()], [hour_range["min"].as_py()]
+    else:
+        keyed = table.append_column("_hour", hours)
+        groups = keyed.group_by(["observation_spec_id", "_hour"]).aggregate([])
+        specs, starts = groups["observation_spec_id"].to_pylist(), groups["_hour"].to_pylist()
     for spec, hour in zip(specs, starts, strict=True):
-        if groups.num_rows == 1:
-            part = table  # the common case: one spec, one hour; no filtered copy
+        if len(specs) == 1:
+            part = table
         else:
             mask = pc.and_(
                 pc.equal(keyed["observation_spec_id"], spec), pc.equal(keyed["_hour"], hour)

@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 import pyarrow as pa
 
+from connector import wire
 from connector.schema import SCHEMA
 from connector.timeparse import parse_timestamp_ns, parse_z
 
@@ -41,41 +42,11 @@ _IDS = (
 _json = msgspec.json.encode
 
 
-class _DataFrame(msgspec.Struct):
-    observations: list[msgspec.Raw]
-
-
-# The fast path: an observation exactly as documented decodes straight into these (no dicts;
-# property values and style stay as their verbatim JSON text). Anything else (unknown or
-# explicitly-null fields, odd types) fails validation and takes the general dict path.
-class _Field(msgspec.Struct, forbid_unknown_fields=True):
-    propertyType: str
-    value: msgspec.Raw
-
-
-class _Position(msgspec.Struct, forbid_unknown_fields=True):
-    longitude: float | int
-    latitude: float | int
-    elevation: float | int | msgspec.UnsetType = msgspec.UNSET
-
-
-class _Observation(msgspec.Struct, forbid_unknown_fields=True):
-    sourceSystemId: str
-    collectionId: str
-    observationSpecId: str
-    trackId: str
-    position: _Position
-    timestamp: str
-    name: str | msgspec.UnsetType | None = msgspec.UNSET
-    staticProperties: list[_Field] | msgspec.UnsetType = msgspec.UNSET
-    liveProperties: list[_Field] | msgspec.UnsetType = msgspec.UNSET
-    style: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
-
-
-_split_decoder = msgspec.json.Decoder(_DataFrame)
-# What msgspec raises for input it cannot decode (UnicodeDecodeError is a ValueError).
-_UNDECODABLE = (msgspec.DecodeError, ValueError, RecursionError)
-_observation_decoder = msgspec.json.Decoder(_Observation)
+_split_decoder = wire.raw_frame_decoder
+_observation_decoder = wire.observation_decoder
+_UNDECODABLE = wire.UNDECODABLE
+_Observation = wire.Observation
+_Field = wire.Field
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,9 +221,9 @@ class Columns:
             return "observation is not a JSON object"
         get = obs.get
         ids = (get("sourceSystemId"), get("collectionId"), get("observationSpecId"), get("trackId"))
-        for (wire, _), value in zip(_IDS, ids, strict=True):
+        for (field_name, _), value in zip(_IDS, ids, strict=True):
             if type(value) is not str:
-                return f"{wire} is missing or not a string"
+                return f"{field_name} is missing or not a string"
         ts = get("timestamp")
         parsed = _timestamp(ts) if type(ts) is str else None
         if parsed is None:
@@ -384,7 +355,7 @@ def _typed_properties(fields: list[_Field] | msgspec.UnsetType) -> _Pairs | None
     return keys, [bytes(f.value) for f in fields]
 
 
-def _properties(fields: Any, wire: str, extra: dict[str, Any]) -> _Pairs | None:
+def _properties(fields: Any, key: str, extra: dict[str, Any]) -> _Pairs | None:
     if fields is _ABSENT:
         return None
     if type(fields) is list:
@@ -401,7 +372,7 @@ def _properties(fields: Any, wire: str, extra: dict[str, Any]) -> _Pairs | None:
         if exact:
             return keys, values
     # Not representable as a map exactly: best-effort map, original kept verbatim in `extra`.
-    extra[wire] = fields
+    extra[key] = fields
     if not isinstance(fields, list):
         return None
     keys, values, seen = [], [], set()
@@ -422,21 +393,3 @@ def _timestamp(text: str) -> tuple[int, bool] | None:
         return parsed[0] // 1000, parsed[1]
     ns = parse_timestamp_ns(text)
     return None if ns is None else (ns // 1000, False)
-
-
-Identity = tuple[str, str, str, str, int]
-
-
-def identities(table: pa.Table) -> set[Identity]:
-    """(source, collection, spec, track, timestamp in us) of every row: what dedupe compares."""
-    micros = table["timestamp"].cast(pa.int64()).to_pylist()
-    return set(
-        zip(
-            table["source_system_id"].to_pylist(),
-            table["collection_id"].to_pylist(),
-            table["observation_spec_id"].to_pylist(),
-            table["track_id"].to_pylist(),
-            micros,
-            strict=True,
-        )
-    )

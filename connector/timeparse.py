@@ -84,12 +84,3 @@ def format_us(us: int) -> str:
     if micros:
         base += "." + f"{micros:06d}".rstrip("0")
     return base + "Z"
-
-
-def format_ns(ns: int) -> str:
-    seconds, nanos = divmod(ns, 1_000_000_000)
-    # isoformat, not strftime("%Y"): glibc does not zero-pad years below 1000.
-    base = (_EPOCH + timedelta(seconds=seconds)).replace(tzinfo=None).isoformat()
-    if nanos:
-        base += "." + f"{nanos:09d}".rstrip("0")
-    return base + "Z"

@@ -249,6 +249,20 @@ def test_reconnect_bounds_must_be_ordered(tmp_path: Path) -> None:
     }
 
 
+def test_a_spool_smaller_than_two_segments_is_refused(tmp_path: Path) -> None:
+    """Such a spool could never release a segment: it would drop every frame for good."""
+    text = VALID.replace(
+        'dir = "./state"', 'dir = "./state"\nmax_spool_bytes = 1000\nsegment_bytes = 800'
+    )
+    found = problems(tmp_path, text)
+    assert list(found) == ["state.max_spool_bytes"]
+    assert "1000" in found["state.max_spool_bytes"] and "800" in found["state.max_spool_bytes"]
+    fits = VALID.replace(
+        'dir = "./state"', 'dir = "./state"\nmax_spool_bytes = 1600\nsegment_bytes = 800'
+    )
+    assert load(tmp_path, fits).state.max_spool_bytes == 1600
+
+
 def test_env_overrides_a_key(tmp_path: Path) -> None:
     cfg = load(
         tmp_path,
