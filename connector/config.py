@@ -9,6 +9,7 @@ overrides `[section] key` (values parsed as TOML when they parse, else taken as 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -45,6 +46,8 @@ class SourceConfig:
     reconnect_min_seconds: float = 0.5
     reconnect_max_seconds: float = 30.0
     auth_retry_seconds: float = 300.0
+    # ws:// or http:// to a host other than loopback sends the token in cleartext.
+    allow_insecure: bool = False
 
     @property
     def ws_url(self) -> str:
@@ -247,6 +250,15 @@ def _source(tbl: Mapping[str, Any], problems: list[tuple[str, str]]) -> SourceCo
     }
     if numbers["reconnect_min_seconds"] > numbers["reconnect_max_seconds"]:
         r.fail("reconnect_max_seconds", "must be at least source.reconnect_min_seconds")
+    insecure = r.get("allow_insecure", "bool", False)
+    for key, value, plain in (("url", url, "ws"), ("rest_url", rest_url, "http")):
+        parts = urlsplit(value) if isinstance(value, str) else None
+        if parts and parts.scheme == plain and not insecure and not _loopback(parts.hostname):
+            r.fail(
+                key,
+                f"{plain}:// would send the token in cleartext to {parts.hostname}; use "
+                f"{plain}s:// or set source.allow_insecure = true",
+            )
     deflate = r.get("permessage_deflate", "bool", d.permessage_deflate)
     max_message = r.get("max_message_bytes", "positive integer", d.max_message_bytes)
     r.unknown()
@@ -261,8 +273,18 @@ def _source(tbl: Mapping[str, Any], problems: list[tuple[str, str]]) -> SourceCo
         rest_url=rest_url,
         permessage_deflate=deflate,
         max_message_bytes=max_message,
+        allow_insecure=insecure,
         **numbers,
     )
+
+
+def _loopback(host: str | None) -> bool:
+    if host in ("localhost", "::1"):
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
 
 
 def _token(r: Reader) -> TokenSource:

@@ -32,6 +32,7 @@ from connector.jobs import FlushSettings, Identity, SinkSpec
 from connector.layout import hour_dirs
 from connector.session import Session
 from connector.spool import DATA, RecordMeta, Spool
+from connector.statedir import StateDirLock
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,9 @@ class Runner:
         self.cfg = cfg
         self.stopping = asyncio.Event()
         self.backfilled = 0
+        # Two processes on one state dir would append to one spool under one writer id.
+        self.lock = StateDirLock(cfg.state.dir)
+        self.lock.acquire()
         self._store = CheckpointStore(cfg.state.dir)
         self.cp = self._store.load(cfg.state.writer_id)
         self.gaps = Gaps(self.cp.subscriptions)
@@ -127,13 +131,9 @@ class Runner:
             len(recovered.cuts),
             recovered.tail_records,
         )
-        try:
-            await self.converter.check_sink()
-        except Exception as exc:
-            if not is_transient(exc):
-                self.converter.close()
-                raise
-            log.warning("sink not reachable yet (%s); data waits in the spool meanwhile", exc)
+        # Not awaited before subscribing: starting the converter takes a second or two, and a
+        # connector that restarts often must not spend that before it reads the stream.
+        self.watch(self._check_sink(), "sink-check")
         if self.backfiller is not None:
             self.watch(self.backfiller.run(), "backfill")
         last_seen = max(recovered.last_received_us, self.cp.last_seen_us)
@@ -166,11 +166,21 @@ class Runner:
         self.intake.close()
         self.cp.last_seen_us = max(self.cp.last_seen_us, self.intake.last_frame_us)
         await self.committer.save()
+        self.lock.release()
         log.info(
             "stopped: %s, rows by subscription %s",
             asdict(self.totals),
             dict(self.committer.rows_by_subscription),
         )
+
+    async def _check_sink(self) -> None:
+        """Fail fast (exit 4) when the sink refuses writes for good; transient trouble warns."""
+        try:
+            await self.converter.check_sink()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("sink not reachable yet (%s); data waits in the spool meanwhile", exc)
 
     def _fail(self, exc: ConnectorError) -> None:
         if self._fatal is None:

@@ -17,8 +17,8 @@ import duckdb
 import pytest
 
 from connector.demo import DC_POLYGON
-from tests.oracle import row_to_observation
 from connector.simulator import SimulatorOptions, SimulatorThread
+from tests.oracle import row_to_observation
 
 TOKEN = "e2e-token-0123456789"
 SUBSCRIPTIONS = {"dc": {"location": DC_POLYGON}, "everything": {}}

@@ -192,7 +192,7 @@ def test_spool_full_is_recorded_as_a_gap_and_healed(
     reasons = Counter(e.get("reason") for e in deployment.ledger() if e["event"] == "gap")
     assert reasons["spool_full"] >= 1
     # A gap still open at the stop is kept and healed by the next start (with room to spare).
-    deployment.sections["state"] = {"max_spool_bytes": 50_000_000}
+    deployment.sections["state"] = {"max_spool_bytes": 50_000_000, "segment_bytes": 1_000_000}
     proc = deployment.start()
     time.sleep(5)
     code, err = deployment.stop(proc, timeout=30)

@@ -263,6 +263,24 @@ def test_a_spool_smaller_than_two_segments_is_refused(tmp_path: Path) -> None:
     assert load(tmp_path, fits).state.max_spool_bytes == 1600
 
 
+def test_cleartext_token_to_a_remote_host_is_refused(tmp_path: Path) -> None:
+    remote = VALID.replace('url = "wss://gotham.example.com"', 'url = "ws://gotham.example.com"')
+    found = problems(tmp_path, remote)
+    assert list(found) == ["source.url"]
+    assert "cleartext" in found["source.url"] and "gotham.example.com" in found["source.url"]
+    rest = VALID.replace(
+        'token_env = "GOTHAM_TOKEN"', 'token_env = "GOTHAM_TOKEN"\nrest_url = "http://10.0.0.7"'
+    )
+    assert list(problems(tmp_path, rest)) == ["source.rest_url"]
+    allowed = remote.replace(
+        'token_env = "GOTHAM_TOKEN"', 'token_env = "GOTHAM_TOKEN"\nallow_insecure = true'
+    )
+    assert load(tmp_path, allowed).source.allow_insecure is True
+    for host in ("127.0.0.1", "localhost", "[::1]", "127.3.2.1:9000"):
+        local = VALID.replace('url = "wss://gotham.example.com"', f'url = "ws://{host}"')
+        assert load(tmp_path, local).source.url == f"ws://{host}"
+
+
 def test_env_overrides_a_key(tmp_path: Path) -> None:
     cfg = load(
         tmp_path,
