@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
@@ -30,6 +31,33 @@ def hour_dirs(start_us: int, end_us: int) -> list[str]:
     return out
 
 
+# A folder name must fit every store: 255 bytes on local file systems (with our prefix), and
+# S3 keys are at most 1,024 bytes in all.
+MAX_VALUE_BYTES = 160
+
+
 def partition_dir(spec: str, date: str, hour: int) -> str:
-    # Percent-encoding keeps a '/' or '=' in a spec id from creating bogus partitions.
-    return f"{SPEC_PREFIX}{quote(spec, safe='')}/date={date}/hour={hour:02d}"
+    return f"{SPEC_PREFIX}{partition_value(spec)}/date={date}/hour={hour:02d}"
+
+
+def partition_value(value: str) -> str:
+    """Path-safe and bounded: percent-encoded (a '/' or '=' cannot create bogus partitions, a
+    lone surrogate cannot break the path), and a value too long for a folder name is cut and
+    suffixed with a hash of the whole, so distinct values keep distinct folders. The column in
+    the file keeps the value itself."""
+    encoded = _quote(value)
+    if len(encoded) <= MAX_VALUE_BYTES:
+        return encoded
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    head, room = [], MAX_VALUE_BYTES - len(digest) - 1
+    for char in value:  # whole characters: never half a UTF-8 sequence or an escape
+        piece = _quote(char)
+        if len(piece) > room:
+            break
+        head.append(piece)
+        room -= len(piece)
+    return f"{''.join(head)}~{digest}"
+
+
+def _quote(value: str) -> str:
+    return quote(value.encode("utf-8", "surrogatepass"), safe="")

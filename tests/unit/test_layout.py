@@ -4,6 +4,7 @@ folders a time window covers (connector.layout, pure and free of pyarrow)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,24 @@ def test_hour_dirs_edges(start: datetime, end: datetime | None, expected: list[s
 def test_hour_dirs_of_an_empty_window_is_empty() -> None:
     t = us(datetime(2024, 6, 24, 17, 30, tzinfo=UTC))
     assert hour_dirs(t, t - 3_600_000_000) == []
+
+
+def test_long_partition_values_are_bounded_distinct_and_stable() -> None:
+    """A 10,000-character spec id must not make a folder name no file system accepts."""
+    long_a, long_b = "a" * 10_000, "a" * 9_999 + "b"
+    for value in (long_a, long_b, "é" * 400, "\ud800" * 300, "x/" * 200):
+        folder = partition_dir(value, "2024-06-24", 7).split("/")[0]
+        assert len(folder.encode()) <= 255
+        assert partition_dir(value, "2024-06-24", 7) == partition_dir(value, "2024-06-24", 7)
+        assert "/" not in folder
+    assert partition_dir(long_a, "2024-06-24", 7) != partition_dir(long_b, "2024-06-24", 7)
+    # Short values keep their readable, reversible form.
+    assert partition_dir("baz", "2024-06-24", 7).startswith("observation_spec_id=baz/")
+
+
+def test_a_landed_file_with_a_very_long_spec_id_can_be_written(tmp_path: Path) -> None:
+    spec = "spec-" + "é" * 3000
+    path = tmp_path / partition_dir(spec, "2024-06-24", 7) / (file_stem("w-1", 1, 2) + ".parquet")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"PAR1")
+    assert path.read_bytes() == b"PAR1"
