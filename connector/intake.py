@@ -55,6 +55,7 @@ class Intake:
         self._on_cut: Callable[[Cut], None] = lambda cut: None
         self._sync_lock = asyncio.Lock()
         self._sync_wanted = asyncio.Event()
+        self._batch_opened = asyncio.Event()
         self._last_spooled: dict[str, int] = {}
         self.last_frame_us = 0
         self.synced_frame_us = 0  # every frame received up to here is on disk
@@ -126,6 +127,8 @@ class Intake:
             self._on_gap(gap)
 
     def _account(self, seq: int, rows: int, nbytes: int) -> None:
+        if self._batcher.deadline() is None:
+            self._batch_opened.set()  # the timer may be sleeping with no deadline to watch
         cut = self._batcher.add(seq, rows, nbytes, time.monotonic())
         if cut is not None:
             self._emit(cut)
@@ -144,8 +147,11 @@ class Intake:
     async def _timer(self) -> None:
         while True:
             deadline = self._batcher.deadline()
-            wait = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
-            await asyncio.sleep(wait)
+            if deadline is None:
+                self._batch_opened.clear()
+                await self._batch_opened.wait()
+                continue
+            await asyncio.sleep(max(0.0, min(1.0, deadline - time.monotonic())))
             cut = self._batcher.poll(time.monotonic())
             if cut is not None:
                 self._emit(cut)

@@ -127,7 +127,10 @@ class Session:
         finally:
             self.connected = False
             self._ws = None
-        self._coverage.stream_lost(list(self._protocol.ids), self._intake.last_frame_us or now_us())
+        # Also those streaming before and waiting for a (reloaded) subscribe's answer now.
+        streamed = [n for n in self.subscriptions if self._coverage.gaps.state(n).accepted]
+        names = sorted(set(self._protocol.ids) | set(streamed))
+        self._coverage.stream_lost(names, self._intake.last_frame_us or now_us())
 
     async def _unsubscribe_and_close(self, ws: ClientConnection) -> None:
         """Unsubscribe, then keep reading what the server sent before it saw the unsubscribe:
@@ -157,11 +160,11 @@ class Session:
         at = now_us()
         event = self._protocol.receive(frame)
         if type(event) is Data:  # the hot path: one frame, straight to the spool
-            counts = self._intake.counts
-            counts.frames += 1
-            counts.observations += event.count
             meta = RecordMeta(sub=event.name, id=event.id, n=event.count)
-            self._intake.frame(DATA, meta, event.raw, event.count, at, event.name)
+            if self._intake.frame(DATA, meta, event.raw, event.count, at, event.name):
+                counts = self._intake.counts  # spooled, then counted (dropped ones apart)
+                counts.frames += 1
+                counts.observations += event.count
         elif isinstance(event, Malformed):
             self._intake.counts.malformed += 1
             log.warning(
@@ -186,6 +189,9 @@ class Session:
         log.info("subscribed %s -> %s", event.name, event.id)
         self._retry.pop(event.name, None)
         self._coverage.subscribed(event.name, event.id, at)
+        if self._stopping.is_set():  # answered during the stop's drain: end it like the rest
+            self._send_soon(self._protocol.unsubscribe_id(event.id))
+            self._coverage.stream_stopped([event.name], now_us())
 
     def _on_refused(self, event: SubscribeFailed, at: int) -> None:
         if event.name not in self.subscriptions or self._tokens.get(event.name) != event.token:

@@ -58,6 +58,9 @@ def _initialize(parent_pid: int) -> None:
     # kill a flush half-way; the parent decides when this process ends.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # The receive loop must never fall behind a push stream; conversion can lag (the spool
+    # holds the backlog). Under CPU contention the reader wins; alone, this still gets a core.
+    os.nice(5)
     # Conversion allocates millions of short-lived objects: the default gen-0 threshold (700)
     # runs the collector constantly for nothing (measured ~9% of conversion time).
     gc.set_threshold(50_000, 20, 20)
