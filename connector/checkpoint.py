@@ -27,6 +27,9 @@ class SubscriptionState(msgspec.Struct):
     gap_from_us: int | None = None  # the stream stopped for it here; closed when resubscribed
     # Gaps recorded but not yet healed by backfill: retried on the next start.
     pending_gaps: list[tuple[int, int]] = msgspec.field(default_factory=list)
+    # A full spool is dropping this subscription's frames since then (persisted at once: a kill
+    # during the episode must not forget where the loss began).
+    spool_full_from_us: int | None = None
 
 
 class Checkpoint(msgspec.Struct):

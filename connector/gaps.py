@@ -23,7 +23,6 @@ class Gap:
 class Gaps:
     def __init__(self, states: dict[str, SubscriptionState]) -> None:
         self.states = states  # the checkpoint's: saving the checkpoint saves these
-        self._spool_full: dict[str, int] = {}  # subscription -> start of a spool-full gap
 
     def state(self, name: str) -> SubscriptionState:
         return self.states.setdefault(name, SubscriptionState())
@@ -35,6 +34,11 @@ class Gaps:
         for name in ended:
             del self.states[name]
         for state in self.states.values():
+            if state.spool_full_from_us is not None:
+                # Frames were being dropped when the last run ended: the loss began there.
+                start = state.spool_full_from_us
+                state.gap_from_us = min(start, state.gap_from_us or start)
+                state.spool_full_from_us = None
             if state.accepted and state.gap_from_us is None and last_seen_us:
                 state.gap_from_us = last_seen_us
         return ended
@@ -58,24 +62,31 @@ class Gaps:
 
     def removed(self, name: str) -> None:
         self.states.pop(name, None)
-        self._spool_full.pop(name, None)
 
     # -- the spool's side -----------------------------------------------------------------
     def spool_full(self, name: str, last_spooled_us: int) -> bool:
-        """A frame of `name` was dropped; True when this opens a new spool-full gap."""
-        if name in self._spool_full:
+        """A frame of `name` was dropped; True when this opens a new spool-full gap (the
+        caller saves the checkpoint then)."""
+        state = self.state(name)
+        if state.spool_full_from_us is not None:
             return False
-        self._spool_full[name] = last_spooled_us
+        state.spool_full_from_us = last_spooled_us
         return True
 
     def spooled(self, name: str, at_us: int) -> Gap | None:
         """A frame of `name` was spooled: closes its spool-full gap, if one is open."""
-        start = self._spool_full.pop(name, None)
-        return None if start is None else Gap(name, start, at_us, "spool_full")
+        state = self.states.get(name)
+        if state is None or state.spool_full_from_us is None:
+            return None
+        start, state.spool_full_from_us = state.spool_full_from_us, None
+        return Gap(name, start, at_us, "spool_full")
 
     def close_spool_gaps(self, at_us: int) -> list[Gap]:
-        gaps = [Gap(n, s, at_us, "spool_full") for n, s in self._spool_full.items()]
-        self._spool_full.clear()
+        gaps = []
+        for name, state in self.states.items():
+            if state.spool_full_from_us is not None:
+                gaps.append(Gap(name, state.spool_full_from_us, at_us, "spool_full"))
+                state.spool_full_from_us = None
         return gaps
 
     # -- backfill's side ------------------------------------------------------------------

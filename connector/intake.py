@@ -45,6 +45,7 @@ class Intake:
         fsync_seconds: float,
         gaps: Gaps,
         on_gap: Callable[[Gap], None],
+        on_state_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.spool = spool
         self.counts = IntakeCounts()
@@ -52,6 +53,7 @@ class Intake:
         self._fsync_seconds = fsync_seconds
         self._gaps = gaps
         self._on_gap = on_gap
+        self._on_state_change = on_state_change  # gap state changed: save the checkpoint
         self._on_cut: Callable[[Cut], None] = lambda cut: None
         self._sync_lock = asyncio.Lock()
         self._sync_wanted = asyncio.Event()
@@ -87,6 +89,7 @@ class Intake:
             self.counts.dropped_frames += 1
             if sub is not None and self._gaps.spool_full(sub, self._last_spooled.get(sub, at)):
                 log.error("%s: dropping frames for %s and recording a gap", exc, sub)
+                self._on_state_change()
             return False
         self.last_frame_us = at
         if self._fsync_seconds == 0:

@@ -70,7 +70,9 @@ class Runner:
             segment_bytes=cfg.state.segment_bytes,
             max_bytes=cfg.state.max_spool_bytes,
         )
-        self.intake = Intake(spool, cfg.batch, cfg.state.fsync_seconds, self.gaps, self._gap)
+        self.intake = Intake(
+            spool, cfg.batch, cfg.state.fsync_seconds, self.gaps, self._gap, self._save_soon
+        )
         self.coverage = Coverage(self.gaps, self.intake, self._save_soon)
         sink = SinkSpec(
             cfg.sink.url, dict(cfg.sink.storage_options), max_attempts=cfg.sink.max_attempts

@@ -42,6 +42,7 @@ def test_save_then_load_round_trips(tmp_path: Path) -> None:
         "accepted": True,
         "gap_from_us": 1_719_248_400_000_000,
         "pending_gaps": [[1, 2], [5, 9]],
+        "spool_full_from_us": None,
     }
 
 
@@ -260,6 +261,7 @@ def test_a_version_1_checkpoint_is_migrated_on_load_and_saved_as_version_2(
         "accepted": True,
         "gap_from_us": None,
         "pending_gaps": [],
+        "spool_full_from_us": None,
     }
     # Read back as version 2 (no migration this time), it is the same checkpoint.
     assert CheckpointStore(tmp_path).load("edge") == cp

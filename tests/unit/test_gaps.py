@@ -140,3 +140,20 @@ def test_gap_state_lives_in_the_checkpoint_and_survives_a_restart(tmp_path: Path
         False,
         Gap("air", T + S, T + 90 * S, "disconnected"),
     )
+
+
+def test_a_spool_full_gap_survives_a_kill_through_the_checkpoint(tmp_path: Path) -> None:
+    """The start of a spool-full episode is saved when it opens: after a SIGKILL mid-episode
+    the next start's gap begins there, not at the newest frame another subscription spooled."""
+    store = CheckpointStore(tmp_path)
+    cp = store.load(None)
+    gaps = Gaps(cp.subscriptions)
+    gaps.subscribed("air", 1_000)
+    assert gaps.spool_full("air", 5_000)
+    assert not gaps.spool_full("air", 6_000)  # one gap per episode
+    store.save(cp)  # what the intake's state-change callback triggers
+
+    after_kill = Gaps(store.load(None).subscriptions)
+    after_kill.restarted({"air"}, last_seen_us=9_000)  # other frames were spooled until 9_000
+    _, gap = after_kill.subscribed("air", 20_000)
+    assert gap is not None and (gap.start_us, gap.end_us) == (5_000, 20_000)
