@@ -7,7 +7,7 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check
 RUNTIME := $(VENV)/.installed-runtime
 DEV := $(VENV)/.installed-dev
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test lint typecheck bench soak clean
 
 $(RUNTIME): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -33,8 +33,13 @@ typecheck: $(DEV)
 test: lint typecheck
 	$(VENV)/bin/pytest
 
+# Side by side with the obvious script (~12 min on 2 cores); results in benchmarks/results/.
 bench: $(RUNTIME)
-	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/bench.py --default-batch
+
+# Ten minutes at a steady rate: RSS slope, spool size, landing lag (benchmarks/results/soak.*).
+soak: $(RUNTIME)
+	$(PY) benchmarks/soak.py
 
 clean:
 	rm -rf $(VENV) landing .demo-state .pytest_cache .mypy_cache .ruff_cache

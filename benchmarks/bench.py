@@ -16,6 +16,8 @@ every row landed (ours, including the wait for the batch timer to cut the tail) 
 (obvious, ceiling); "drain" observations/s from first to last frame sent (how fast the program
 took the stream); CPU seconds per million observations of the whole tree over its life
 (interpreter start-up included); peak RSS summed over the tree. Medians over `--repeat`.
+For ours, the same CPU and peak RSS split between the receiving process and its converter child
+(per-process figures from the /proc samples: peaks of each process, not of their sum).
 Then a steady-rate run of ours gives landing latency: each observation is stamped with its
 send time, each file with the time it was first seen.
 
@@ -39,10 +41,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -60,7 +63,13 @@ REPO = HERE.parent
 RESULTS = HERE / "results"
 TOKEN = "bench-token"
 OURS, OURS_DEFAULT, OBVIOUS, CEILING = "ours", "ours-default", "obvious", "ceiling"
-DEFAULT_OBSERVATIONS = {1: 50_000, 10: 200_000, 100: 1_000_000, 1000: 1_000_000}
+# The headline configuration is 100 per message: 2,000,000 compact observations.
+DEFAULT_OBSERVATIONS = {1: 100_000, 10: 500_000, 100: 2_000_000, 1000: 2_000_000}
+# Repetitions of a default run, per observations-per-message (--repeat sets them all). One at
+# 1 and 10 per message: with two, `--default-batch` took 13 min 20 s on the shared 2-core
+# machine (load ~5); with one, 7 min 54 s (load ~2), ~11.5 min estimated at load ~5. 100 and
+# 1000 per message take ~85% of the time.
+DEFAULT_REPEAT = {1: 1, 10: 1, 100: 2, 1000: 2}
 QUICK_OBSERVATIONS = {1: 2_000, 10: 10_000, 100: 50_000, 1000: 100_000}
 MAX_ROWS = 100_000
 TICK_S = 0.05  # process-tree sampling
@@ -81,7 +90,7 @@ class BenchFailure(Exception):
 class Settings:
     per_message: list[int]
     observations: dict[int, int]
-    repeat: int
+    repeat: dict[int, int]  # per observations-per-message
     max_seconds: float
     default_batch: bool
     latency_rate: float
@@ -193,7 +202,10 @@ class Program:
 
     def stop(self) -> int:
         """SIGTERM, then wait (sampling) for a clean exit; returns the exit code."""
-        os.kill(self.proc.pid, signal.SIGTERM)
+        # Not reaped yet, so the pid is still ours (if it is reaped meanwhile: nothing to stop).
+        if not self.exited():
+            with suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while not self.exited():
             if time.monotonic() > deadline:
@@ -264,6 +276,44 @@ def check_landing(program: Program, landing: Path, expected: int) -> None:
         raise program.fail(
             f"DuckDB sees {count:,} rows, {distinct:,} distinct (track_id, timestamp); {expected:,} were sent"
         )
+
+
+CONVERTER_MODULE = "connector.worker"  # the converter child's argv: python -m connector.worker
+
+
+def process_split(program: Program, observations: int) -> dict[str, Any]:
+    """CPU and peak RSS of ours split between the receiving process (the program itself) and
+    its converter child (every process running connector.worker: more than one if it was
+    restarted). From the /proc samples, so each process misses its last sampling interval."""
+    tree, root = program.tree, program.proc.pid
+    cpu = tree.cpu_s_by_pid()
+    converters = [pid for pid, argv in tree.cmdlines.items() if CONVERTER_MODULE in argv]
+    others = [pid for pid in cpu if pid != root and pid not in converters]
+    receiver_cpu = cpu.get(root, 0.0)
+    converter_cpu = sum(cpu.get(pid, 0.0) for pid in converters)
+    split = {
+        "receiver_cpu_s": receiver_cpu,
+        "converter_cpu_s": converter_cpu,
+        "receiver_cpu_s_per_million": receiver_cpu / observations * 1e6,
+        "converter_cpu_s_per_million": converter_cpu / observations * 1e6,
+        "receiver_peak_rss_mib": tree.peak_rss_by_pid.get(root, 0) / 2**20,
+        "converter_peak_rss_mib": max((tree.peak_rss_by_pid[p] for p in converters), default=0)
+        / 2**20,
+        "converter_processes": len(converters),
+    }
+    if others:  # nothing else is expected in the tree: say so if something was
+        split["other_processes"] = len(others)
+        split["other_cpu_s"] = sum(cpu[pid] for pid in others)
+    return split
+
+
+def split_text(figures: dict[str, Any]) -> str:
+    return (
+        f"receiver {figures['receiver_cpu_s_per_million']:.2f} CPU-s/M, "
+        f"converter {figures['converter_cpu_s_per_million']:.2f} CPU-s/M; "
+        f"RSS receiver {figures['receiver_peak_rss_mib']:.0f} MiB, "
+        f"converter {figures['converter_peak_rss_mib']:.0f} MiB"
+    )
 
 
 # --- one run -----------------------------------------------------------------------------------
@@ -338,6 +388,21 @@ class Progress:
             )
             raise BenchFailure(f"no progress for {self.stall_s:.0f} s ({where})")
 
+    def finish(self, server: LoadServer, expected: int | None) -> tuple[float, float]:
+        """(first, last) frame times, once the server's `done` line is read: the program may
+        finish before that line crosses the pipe, so wait for it a little."""
+        deadline = time.monotonic() + 10.0
+        while self.done is None and time.monotonic() < deadline:
+            self.update(server, self._marker[1])
+            time.sleep(TICK_S)
+        if self.first is None or self.done is None:
+            raise BenchFailure("the load server never reported its last frame sent")
+        if expected is not None and self.observations != expected:
+            raise BenchFailure(
+                f"the load server sent {self.observations:,} observations, not {expected:,}"
+            )
+        return self.first, self.done
+
 
 def run_once(
     kind: str, per_message: int, total: int, settings: Settings, session: Path, index: int
@@ -406,30 +471,26 @@ def run_once(
             if code != 0:
                 raise program.fail(f"exit code {code} after SIGTERM (expected 0)")
             check_landing(program, run_dir / "landing", total)
-        elif kind == OBVIOUS:
-            if (rows := landing.poll()) != total:
-                raise program.fail(f"wrote {rows:,} rows, {total:,} were sent")
-        else:
+        first, done = progress.finish(server, total)
+        if kind == OBVIOUS and (rows := landing.poll()) != total:
+            raise program.fail(f"wrote {rows:,} rows, {total:,} were sent")
+        if kind == CEILING:
             received = int(program.stdout_path.read_text().strip() or 0)
             if received != progress.frames + 1:  # + the subscribed reply
                 raise program.fail(
                     f"received {received:,} frames, {progress.frames + 1:,} were sent"
                 )
-        progress.update(server, landed)
-        if progress.first is None or progress.done is None or progress.observations != total:
-            raise program.fail(
-                f"the server reports {progress.observations:,} observations sent, expected {total:,}"
-            )
         return {
             "program": kind,
             "per_message": per_message,
             "observations": total,
-            "seconds": end - progress.first,
-            "obs_per_s": total / (end - progress.first),
-            "drain_obs_per_s": total / max(progress.done - progress.first, 1e-9),
+            "seconds": end - first,
+            "obs_per_s": total / (end - first),
+            "drain_obs_per_s": total / max(done - first, 1e-9),
             "cpu_s": program.cpu_s(),
             "cpu_s_per_million": program.cpu_s() / total * 1e6,
             "peak_rss_mib": program.tree.peak_rss_bytes / 2**20,
+            **(process_split(program, total) if lands else {}),
         }
 
 
@@ -479,7 +540,7 @@ def latency_run(settings: Settings, session: Path) -> dict[str, Any]:
         if code != 0:
             raise program.fail(f"exit code {code} after SIGTERM (expected 0)")
         check_landing(program, run_dir / "landing", progress.observations)
-        assert progress.first is not None and progress.done is not None
+        first, done = progress.finish(server, None)
         # Read after the run, so the harness does not compete with the connector for CPU.
         chunks: list[pa.Array] = []
         for path, seen in landing.first_seen.items():
@@ -489,7 +550,7 @@ def latency_run(settings: Settings, session: Path) -> dict[str, Any]:
         p50, p99 = pc.quantile(pa.chunked_array(chunks, pa.int64()), q=[0.5, 0.99]).to_pylist()
         return {
             "target_obs_per_s": settings.latency_rate,
-            "sent_obs_per_s": progress.observations / (progress.done - progress.first),
+            "sent_obs_per_s": progress.observations / (done - first),
             "seconds": settings.latency_seconds,
             "per_message": per_message,
             "observations": progress.observations,
@@ -500,6 +561,7 @@ def latency_run(settings: Settings, session: Path) -> dict[str, Any]:
             "p99_s": p99 / 1e6,
             "target_p99_s": settings.max_seconds + 2.0,
             "met": p99 / 1e6 <= settings.max_seconds + 2.0,
+            **process_split(program, progress.observations),
         }
 
 
@@ -517,7 +579,7 @@ def run_all(
     plan = [
         (per_message, rep, kinds[(i + rep) % len(kinds)])  # rotated: no program always goes first
         for per_message in settings.per_message
-        for rep in range(settings.repeat)
+        for rep in range(settings.repeat[per_message])
         for i in range(len(kinds))
     ]
     runs = []
@@ -526,14 +588,19 @@ def run_all(
         if index > 1 and plan[index - 2][0] != per_message:
             for cached in session.glob("frames-*.txt"):  # hundreds of MB each: keep one at a time
                 cached.unlink()
+        began = time.monotonic()
         run = run_once(kind, per_message, total, settings, session, index)
         run["repetition"] = rep
+        run["wall_s"] = time.monotonic() - began  # with server start-up and the checks
         runs.append(run)
         print(
             f"  [{index}/{len(plan)}] {per_message:>4}/msg {kind:<12} {run['obs_per_s']:>10,.0f} obs/s"
-            f"  {run['cpu_s_per_million']:6.2f} CPU-s/M  {run['peak_rss_mib']:7.1f} MiB",
+            f"  {run['cpu_s_per_million']:6.2f} CPU-s/M  {run['peak_rss_mib']:7.1f} MiB"
+            f"  ({run['wall_s']:.0f} s)",
             file=sys.stderr,
         )
+        if "receiver_cpu_s" in run:
+            print(f"        {kind}: {split_text(run)}", file=sys.stderr)
     latency = None
     if settings.latency_seconds > 0:
         print(
@@ -541,6 +608,7 @@ def run_all(
             file=sys.stderr,
         )
         latency = latency_run(settings, session)
+        print(f"        {OURS}: {split_text(latency)}", file=sys.stderr)
     return runs, latency
 
 
@@ -552,6 +620,10 @@ def summarize(runs: list[dict[str, Any]], settings: Settings) -> list[dict[str, 
         for kind in programs(settings):
             mine = [r for r in runs if r["per_message"] == per_message and r["program"] == kind]
             medians[kind] = {m: statistics.median(r[m] for r in mine) for m in metrics}
+            if kind in (OURS, OURS_DEFAULT):
+                medians[kind].update(
+                    {m: statistics.median(r[m] for r in mine) for m in SPLIT_METRICS}
+                )
         for kind, figures in medians.items():
             row: dict[str, Any] = {
                 "per_message": per_message,
@@ -571,6 +643,13 @@ def summarize(runs: list[dict[str, Any]], settings: Settings) -> list[dict[str, 
     return rows
 
 
+SPLIT_METRICS = (
+    "receiver_cpu_s_per_million",
+    "converter_cpu_s_per_million",
+    "receiver_peak_rss_mib",
+    "converter_peak_rss_mib",
+)
+
 HEADER = (
     "obs/msg",
     "program",
@@ -578,10 +657,10 @@ HEADER = (
     "drain obs/s",
     "CPU-s/M",
     "peak RSS MiB",
-    "thr ÷ obvious",
-    "CPU/obs ÷ obvious",
-    "RSS ÷ obvious",
-    "thr ÷ ceiling",
+    "thr vs obvious",
+    "CPU/obs vs obvious",
+    "RSS vs obvious",
+    "thr vs ceiling",
 )
 
 
@@ -618,7 +697,18 @@ def latency_text(latency: dict[str, Any] | None) -> str:
     )
 
 
-def render_text(summary: list[dict[str, Any]], latency: dict[str, Any] | None) -> str:
+LEGEND = (
+    "obs/s: first data frame sent -> every row visible as Parquet (ours; includes the wait for "
+    "batch.max_seconds to cut the tail) or -> exit (obvious, ceiling). drain obs/s: first -> last "
+    "frame sent. CPU-s/M: CPU of the whole process tree over its life (start-up included) per "
+    "million observations. Peak RSS: summed over the tree. Ratios: ours / obvious script "
+    "(throughput: higher is better; CPU and RSS: lower is better) and ours / receive-and-discard."
+)
+
+
+def render_text(
+    summary: list[dict[str, Any]], latency: dict[str, Any] | None, settings: Settings
+) -> str:
     cells = [list(HEADER), *(table_cells(row) for row in summary)]
     widths = [max(len(line[i]) for line in cells) for i in range(len(HEADER))]
     lines = []
@@ -631,7 +721,38 @@ def render_text(summary: list[dict[str, Any]], latency: dict[str, Any] | None) -
                 for i, (c, w) in enumerate(zip(line, widths, strict=True))
             )
         )
-    return "\n".join([*lines, "", latency_text(latency)])
+    return "\n".join(
+        [
+            *lines,
+            "",
+            *split_lines(summary),
+            "",
+            textwrap.fill(LEGEND, 100),
+            "",
+            latency_text(latency),
+            *(["", textwrap.fill(note, 100)] if (note := repeat_note(settings)) else []),
+        ]
+    )
+
+
+def split_lines(summary: list[dict[str, Any]]) -> list[str]:
+    """Where ours spends its CPU and memory (medians): one line per configuration."""
+    return [
+        f"{row['per_message']:>4}/msg {row['program']}: {split_text(row)}"
+        for row in summary
+        if "receiver_cpu_s_per_million" in row
+    ]
+
+
+def repeat_note(settings: Settings) -> str:
+    counts = {settings.repeat[k] for k in settings.per_message}
+    if len(counts) == 1:
+        return ""
+    each = ", ".join(f"{k}/msg: {settings.repeat[k]}" for k in settings.per_message)
+    return (
+        f"Repetitions differ by configuration ({each}): fewer at 1 and 10 per message keep the "
+        "default run under ~12 minutes on a 2-core machine (--repeat N sets them all)."
+    )
 
 
 def render_markdown(
@@ -645,15 +766,37 @@ def render_markdown(
         "|" + "---|" * 2 + "---:|" * (len(HEADER) - 2),
         *("| " + " | ".join(table_cells(row)) + " |" for row in summary),
         "",
+        "CPU and peak RSS of ours, receiving process vs converter process (medians):",
+        "",
+        *(f"- {line.strip()}" for line in split_lines(summary)),
+        "",
         latency_text(latency),
         "",
         (
-            f"Medians of {settings.repeat} alternating repetition(s) on {machine['nproc']} core(s), Python {machine['python']}, "
+            f"Medians of {repetitions(settings)} alternating repetition(s) on {machine['nproc']} core(s), Python {machine['python']}, "
             f"pyarrow {machine['pyarrow']}, websockets {machine['websockets']}, {machine['date'][:10]}; "
-            "`python benchmarks/bench.py`. Ratios: ours ÷ obvious script (throughput: higher is better; CPU and RSS: lower is better)."
+            f"`{command()}`." + (f" {note}" if (note := repeat_note(settings)) else "")
         ),
+        "",
+        LEGEND,
     ]
     return "\n".join(lines) + "\n"
+
+
+def repetitions(settings: Settings) -> str:
+    counts = [settings.repeat[k] for k in settings.per_message]
+    if len(set(counts)) == 1:
+        return str(counts[0])
+    return (
+        "/".join(map(str, counts))
+        + " ("
+        + "/".join(map(str, settings.per_message))
+        + " per message)"
+    )
+
+
+def command() -> str:
+    return " ".join(["python benchmarks/bench.py", *sys.argv[1:]])
 
 
 def machine_info() -> dict[str, Any]:
@@ -721,7 +864,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         + ")",
     )
     parser.add_argument(
-        "--repeat", type=int, help="repetitions, programs alternating in each (default 2)"
+        "--repeat",
+        type=int,
+        help="repetitions, programs alternating in each (default: "
+        + ", ".join(f"{v} at {k}/msg" for k, v in DEFAULT_REPEAT.items())
+        + "; 1 with --quick)",
     )
     parser.add_argument(
         "--default-batch",
@@ -754,21 +901,22 @@ def parse_args(argv: list[str] | None = None) -> Settings:
             observations[int(key)] = int(value.replace("_", ""))
         except ValueError:
             parser.error(f"--observations expects PER_MESSAGE=COUNT, got {item!r}")
-    latency_rate = (
-        args.latency_rate if args.latency_rate is not None else 20_000.0 if args.quick else 50_000.0
-    )
-    latency_seconds = (
-        args.latency_seconds if args.latency_seconds is not None else 3.0 if args.quick else 20.0
-    )
+
+    def given(value: float | None, quick: float, normal: float) -> float:
+        if value is not None:
+            return value
+        return quick if args.quick else normal
+
+    latency_rate = given(args.latency_rate, 20_000.0, 50_000.0)
+    latency_seconds = given(args.latency_seconds, 3.0, 20.0)
     settings = Settings(
         per_message=args.per_message or sorted(DEFAULT_OBSERVATIONS),
         observations=observations,
-        repeat=args.repeat if args.repeat is not None else 1 if args.quick else 2,
-        max_seconds=args.max_seconds
-        if args.max_seconds is not None
-        else 1.0
-        if args.quick
-        else 5.0,
+        repeat={
+            k: args.repeat if args.repeat is not None else 1 if args.quick else DEFAULT_REPEAT[k]
+            for k in DEFAULT_OBSERVATIONS
+        },
+        max_seconds=given(args.max_seconds, 1.0, 5.0),
         default_batch=args.default_batch,
         latency_rate=latency_rate,
         latency_seconds=latency_seconds if latency_rate > 0 else 0.0,
@@ -776,7 +924,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         stall_s=args.stall_timeout,
         quick=args.quick,
     )
-    if settings.repeat < 1 or any(settings.observations[k] < 1 for k in settings.per_message):
+    if any(settings.repeat[k] < 1 or settings.observations[k] < 1 for k in settings.per_message):
         parser.error("--repeat and every observation count must be at least 1")
     return settings
 
@@ -806,10 +954,11 @@ def main() -> int:
         print("\ninterrupted; every process started was stopped", file=sys.stderr)
         return 130
     summary = summarize(runs, settings)
-    print(render_text(summary, latency))
+    print(render_text(summary, latency, settings))
     RESULTS.mkdir(exist_ok=True)
     document = {
         "machine": machine,
+        "command": command(),
         "settings": asdict(settings),
         "elapsed_s": time.monotonic() - started,
         "summary": summary,

@@ -9,7 +9,9 @@ Two modes:
 - `blast`: `--observations` observations, `--per-message` per frame, timestamps 1 ms apart
   from 2026-11-29T10:00:00Z (all within a few hours: few partitions), sent back to back.
 - `rate`: `--rate` observations/s for `--seconds`, each frame's timestamps set to its send time
-  (UTC, microseconds), so a reader of the landed files can compute landing latency.
+  (UTC, microseconds), so a reader of the landed files can compute landing latency. Frames are
+  made from templates generated up front; `--distinct N` caps them at N observations' worth,
+  reused in turn (long soaks: ten minutes at 30,000/s would otherwise be gigabytes of them).
 
 After the last frame the server either closes normally (`--close`; clients that stop on close)
 or holds the socket open until the client leaves (the connector runs until it is stopped).
@@ -41,7 +43,6 @@ START_S = int(datetime(2026, 11, 29, 10, tzinfo=UTC).timestamp())
 SUBSCRIBED = '{"type":"subscribed","id":"sub-1","errors":[]}'
 FRAME_HEAD = b'{"type":"data","id":"sub-1","observations":['
 FRAME_TAIL = b"]}"
-PROGRESS_SECONDS = 1.0
 
 
 def emit(*words: object) -> None:
@@ -158,12 +159,16 @@ class Feed:
         if args.mode == "blast":
             self.frames = cached_blast_frames(args)
             self.templates: list[list[bytes]] = []
+            self.count = len(self.frames)
         else:
             if args.per_message > TRACKS:
                 raise SystemExit(f"--per-message must be at most {TRACKS} in rate mode")
-            count = max(1, round(args.rate * args.seconds / args.per_message))
+            self.count = max(1, round(args.rate * args.seconds / args.per_message))
+            distinct = self.count
+            if args.distinct > 0:  # whole frames: a frame's tracks stay distinct
+                distinct = min(distinct, -(-args.distinct // args.per_message))
             self.frames = []
-            self.templates = rate_templates(count, args.per_message, args.seed)
+            self.templates = rate_templates(distinct, args.per_message, args.seed)
 
     async def handler(self, ws: ServerConnection) -> None:
         self.connections += 1
@@ -187,17 +192,21 @@ class Feed:
             emit("aborted", f"client went away: {exc}".replace("\n", " "))
 
     async def _ignore_incoming(self, ws: ServerConnection) -> None:
-        async for _ in ws:
-            pass
+        try:
+            async for _ in ws:
+                pass
+        except ConnectionClosed:
+            pass  # reported by the sending side
 
     async def _blast(self, ws: ServerConnection) -> tuple[int, int]:
         emit("first", time.monotonic())
-        report = time.monotonic() + PROGRESS_SECONDS
+        every = self.args.progress_seconds
+        report = time.monotonic() + every
         for sent, frame in enumerate(self.frames, 1):
             await ws.send(frame, text=True)
             if time.monotonic() >= report:
                 emit("sent", sent)
-                report += PROGRESS_SECONDS
+                report += every
         return len(self.frames), self.args.observations
 
     async def _pace(self, ws: ServerConnection) -> tuple[int, int]:
@@ -206,9 +215,13 @@ class Feed:
         loop = asyncio.get_running_loop()
         start = loop.time()
         emit("first", time.monotonic())
-        report = time.monotonic() + PROGRESS_SECONDS
+        every = self.args.progress_seconds
+        report = time.monotonic() + every
         last_us = 0
-        for sent, pieces in enumerate(self.templates):
+        templates = self.templates
+        for sent in range(self.count):
+            # Reused templates stay unique: the stamps of a later frame are later.
+            pieces = templates[sent % len(templates)]
             delay = start + sent * interval - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -217,8 +230,8 @@ class Feed:
             await ws.send(stamp.join(pieces), text=True)
             if time.monotonic() >= report:
                 emit("sent", sent + 1)
-                report += PROGRESS_SECONDS
-        return len(self.templates), len(self.templates) * self.args.per_message
+                report += every
+        return self.count, self.count * self.args.per_message
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -244,9 +257,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--per-message", type=int, default=100)
     parser.add_argument("--rate", type=float, default=50_000, help="rate mode: observations/s")
     parser.add_argument("--seconds", type=float, default=20.0, help="rate mode: duration")
+    parser.add_argument(
+        "--distinct",
+        type=int,
+        default=0,
+        help="rate mode: generate at most this many observations' worth of frames and reuse "
+        "them in turn (0: every frame distinct)",
+    )
     parser.add_argument("--token", default="bench-token")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--close", action="store_true", help="close after the last frame")
+    parser.add_argument(
+        "--progress-seconds", type=float, default=1.0, help="interval of the `sent` lines"
+    )
     parser.add_argument(
         "--cache", type=Path, help="blast mode: frames file, read if present, else written"
     )

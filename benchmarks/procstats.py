@@ -52,6 +52,14 @@ def _read_stat(pid: int) -> _Stat | None:
     )
 
 
+def _read_cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
 def _snapshot() -> dict[int, _Stat]:
     stats = {}
     for name in os.listdir("/proc"):
@@ -70,6 +78,10 @@ class ProcessTree:
         self._members: dict[int, int] = {}  # pid -> start, every member ever seen
         self._own_ticks: dict[int, int] = {}  # pid -> latest utime + stime seen
         self.peak_rss_bytes = 0
+        self.rss_bytes = 0  # the tree's RSS at the latest sample
+        self.rss_by_pid: dict[int, int] = {}  # members at the latest sample -> RSS
+        self.peak_rss_by_pid: dict[int, int] = {}  # every member ever seen -> its own peak
+        self.cmdlines: dict[int, str] = {}  # every member ever seen -> latest argv read
 
     def _current(self, stats: dict[int, _Stat]) -> list[int]:
         children: dict[int, list[int]] = {}
@@ -92,15 +104,27 @@ class ProcessTree:
     def sample(self) -> None:
         stats = _snapshot()
         members = self._current(stats)
+        self.rss_by_pid = {}
         for pid in members:
             self._members[pid] = stats[pid].start
             self._own_ticks[pid] = stats[pid].own_ticks
-        rss = sum(stats[pid].rss_pages for pid in members) * _PAGE
-        self.peak_rss_bytes = max(self.peak_rss_bytes, rss)
+            rss = self.rss_by_pid[pid] = stats[pid].rss_pages * _PAGE
+            self.peak_rss_by_pid[pid] = max(self.peak_rss_by_pid.get(pid, 0), rss)
+            # Read again each time: a child sampled between fork and exec still shows the
+            # parent's argv, and a zombie shows none (then the last one read stays).
+            if cmdline := _read_cmdline(pid):
+                self.cmdlines[pid] = cmdline
+        self.rss_bytes = sum(self.rss_by_pid.values())
+        self.peak_rss_bytes = max(self.peak_rss_bytes, self.rss_bytes)
 
     @property
     def sampled_cpu_s(self) -> float:
         return sum(self._own_ticks.values()) / _TICKS
+
+    def cpu_s_by_pid(self) -> dict[int, float]:
+        """CPU seconds of each member ever seen (its own, children excluded), as last sampled:
+        each misses at most its last sampling interval."""
+        return {pid: ticks / _TICKS for pid, ticks in self._own_ticks.items()}
 
     def running(self) -> list[int]:
         """Members still running (zombies excluded)."""
