@@ -63,7 +63,10 @@ class BackfillPort:
     record: Callable[[dict[str, Any]], None]  # a ledger event
     barrier: Callable[[], Awaitable[None]]  # everything spooled so far is landed
     gate: asyncio.Lock  # held: no file becomes visible
-    spooled_identities: Callable[[str], Awaitable[set[Identity]]]
+    # What is spooled and not landed, and the last seq looked at.
+    spooled_identities: Callable[[str], Awaitable[tuple[set[Identity], int]]]
+    # Streamed frames spooled after a seq (read on the loop: a small, recent window).
+    identities_since: Callable[[str, int], tuple[set[Identity], int]]
     landed_identities: Callable[[str, int, int], Awaitable[set[Identity]]]
     settle: Callable[[Gap], None]  # done with a gap (healed, refused or unrecoverable)
     counted: Callable[[int], None]  # rows backfilled
@@ -156,30 +159,36 @@ class Backfiller:
         return True
 
     async def _spool_fresh(self, name: str, wanted: list[Any], lo: int, hi: int) -> int | None:
-        """Spool what is not landed or spooled yet; how many, or None when the spool is full."""
+        """Spool what is not landed or spooled yet; how many, or None when the spool stays
+        full. Frames streamed after the snapshot are checked again right before spooling, with
+        no await between the check and the spooling: none can slip in between and duplicate."""
         await self.port.barrier()
         # No file becomes visible while we look: landed + spooled is everything we have.
         async with self.port.gate:
-            have = await self.port.spooled_identities(name)
+            have, upto = await self.port.spooled_identities(name)
             have |= await self.port.landed_identities(name, lo, hi)
         fresh = await asyncio.to_thread(_fresh, wanted, have)
-        for i in range(0, len(fresh), CHUNK):
-            chunk = fresh[i : i + CHUNK]
-            payload = msgspec.json.encode({"observations": chunk})
-            meta = RecordMeta(sub=name, origin="backfill", n=len(chunk))
-            if not await self._ingest(meta, payload, len(chunk)):
-                return None
-        return len(fresh)
-
-    async def _ingest(self, meta: RecordMeta, payload: bytes, rows: int) -> bool:
-        """Spool a backfill chunk, waiting (bounded) for committed cuts to free spool space."""
-        deadline = asyncio.get_running_loop().time() + SPOOL_WAIT_SECONDS
-        while not self.port.ingest(meta, payload, rows):
-            if asyncio.get_running_loop().time() > deadline or self.port.stopping.is_set():
-                return False
-            await self.port.barrier()
-            await asyncio.sleep(0.2)
-        return True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SPOOL_WAIT_SECONDS
+        spooled = 0
+        while fresh:
+            newer, upto = self.port.identities_since(name, upto)
+            if newer:
+                fresh = [o for o in fresh if identity(o) not in newer]
+            while fresh:
+                chunk = fresh[:CHUNK]
+                payload = msgspec.json.encode({"observations": chunk})
+                meta = RecordMeta(sub=name, origin="backfill", n=len(chunk))
+                if not self.port.ingest(meta, payload, len(chunk)):
+                    break
+                spooled += len(chunk)
+                fresh = fresh[CHUNK:]
+            if fresh:  # the spool is full: let committed cuts free it, then check again
+                if loop.time() > deadline or self.port.stopping.is_set():
+                    return None
+                await self.port.barrier()
+                await asyncio.sleep(0.2)
+        return spooled
 
     def _record(self, gap: Gap, start: int, end: int, outcome: str, **fields: Any) -> None:
         if outcome != "ok":
@@ -278,6 +287,43 @@ def identity(obs: dict[str, Any]) -> Identity | None:
     if at is None or not all(isinstance(k, str) for k in keys):
         return None
     return (str(keys[0]), str(keys[1]), str(keys[2]), str(keys[3]), at)
+
+
+class _Ids(msgspec.Struct):
+    sourceSystemId: Any = None
+    collectionId: Any = None
+    observationSpecId: Any = None
+    trackId: Any = None
+    timestamp: Any = None
+
+
+class _IdFrame(msgspec.Struct):
+    observations: list[_Ids] = msgspec.field(default_factory=list)
+
+
+_id_frame = msgspec.json.Decoder(_IdFrame)
+
+
+def frame_identities(payload: bytes) -> set[Identity]:
+    """Identities of a data frame's observations (those that have one); never raises."""
+    try:
+        observations = _id_frame.decode(payload).observations
+    except (msgspec.DecodeError, ValueError, RecursionError):
+        return set()  # a frame that does not decode lands no row to collide with
+    found = set()
+    for o in observations:
+        ident = identity(
+            {
+                "sourceSystemId": o.sourceSystemId,
+                "collectionId": o.collectionId,
+                "observationSpecId": o.observationSpecId,
+                "trackId": o.trackId,
+                "timestamp": o.timestamp,
+            }
+        )
+        if ident is not None:
+            found.add(ident)
+    return found
 
 
 def _in_window(obs: dict[str, Any], start: int, end: int) -> bool:

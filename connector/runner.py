@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from connector.backfill import Backfiller, BackfillPort
+from connector.backfill import Backfiller, BackfillPort, frame_identities
 from connector.checkpoint import CheckpointStore
 from connector.committer import Committer
 from connector.config import Config
@@ -214,10 +214,18 @@ class Runner:
         def ingest(meta: RecordMeta, payload: bytes, rows: int) -> bool:
             return self.intake.frame(DATA, meta, payload, rows, now_us(), None)
 
-        async def spooled(name: str) -> set[Identity]:
+        async def spooled(name: str) -> tuple[set[Identity], int]:
             first, last = self.cp.committed_seq + 1, self.intake.last_seq
             ranges = self.intake.spool.ranges(first, last)
-            return await self.converter.spooled_identities(ranges, first, last, name)
+            return await self.converter.spooled_identities(ranges, first, last, name), last
+
+        def since(name: str, after: int) -> tuple[set[Identity], int]:
+            last = self.intake.last_seq
+            found: set[Identity] = set()
+            for rec in self.intake.spool.read(after + 1, last):
+                if rec.kind == DATA and rec.meta.sub == name and rec.meta.origin == "stream":
+                    found |= frame_identities(rec.payload)
+            return found, last
 
         async def landed(name: str, start: int, end: int) -> set[Identity]:
             return await self.converter.landed_identities(hour_dirs(start, end), name, start, end)
@@ -233,6 +241,7 @@ class Runner:
             barrier=lambda: self.committer.barrier(self.stopping),
             gate=self.committer.gate,
             spooled_identities=spooled,
+            identities_since=since,
             landed_identities=landed,
             settle=self.coverage.settle,
             counted=counted,
