@@ -87,6 +87,13 @@ class Coverage:
         self.gaps.removed(name)
         self._intake.record(ledger.event(ledger.SUBSCRIPTION_ENDED, name, at_us))
 
+    def unknown_data(self, sid: str, at_us: int) -> None:
+        """Data for an id we never subscribed on this connection (kept in the dead letters)."""
+        self._intake.record(ledger.event(ledger.UNKNOWN_DATA, "", at_us, id=sid))
+
+    def server_error(self, errors: list[dict[str, Any]], at_us: int) -> None:
+        self._intake.record(ledger.event(ledger.SERVER_ERROR, "", at_us, errors=errors))
+
     def settle(self, gap: Gap) -> None:
         """Backfill is done with this gap (whatever its outcome, which the ledger holds)."""
         if self.gaps.settle(gap):

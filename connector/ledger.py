@@ -16,6 +16,8 @@ GAP = "gap"
 BACKFILL = "backfill"
 SUBSCRIBE_REJECTED = "subscribe_rejected"
 SUBSCRIPTION_ENDED = "subscription_ended"
+UNKNOWN_DATA = "unknown_subscription_data"  # data for an id this connection never had
+SERVER_ERROR = "server_error"  # a {"type": "error"} message from the server
 
 
 # Names chosen to need no quoting in SQL (`at`, `start` and `end` are keywords in DuckDB).

@@ -65,13 +65,21 @@ class Malformed:
 
 
 @dataclass(frozen=True, slots=True)
+class UnknownData:
+    """Data for a subscription id this connection never had: kept aside, and recorded."""
+
+    id: str
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class ServerError:
     """A `{"type": "error"}` frame: the server complaining about something we sent."""
 
     errors: list[dict[str, Any]]
 
 
-Event = Subscribed | SubscribeFailed | Data | Malformed | ServerError
+Event = Subscribed | SubscribeFailed | Data | Malformed | UnknownData | ServerError
 
 
 def encode(message: dict[str, Any]) -> str:
@@ -136,7 +144,7 @@ class Protocol:
                 return Malformed("data message without id or observations", raw)
             known = self._names.get(env.id) or self._retired.get(env.id)
             if known is None:
-                return Malformed(f"data for unknown subscription id {env.id}", raw)
+                return UnknownData(env.id[:100], raw)
             return Data(known, env.id, len(env.observations), raw)
         if env.type == "subscribed":
             if not self._pending:

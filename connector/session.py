@@ -24,7 +24,15 @@ from connector.config import SourceConfig, Subscription
 from connector.coverage import Coverage
 from connector.errors import AuthError, ConnectorError, QueryError, describe
 from connector.intake import Intake, now_us
-from connector.protocol import Data, Malformed, Protocol, ServerError, Subscribed, SubscribeFailed
+from connector.protocol import (
+    Data,
+    Malformed,
+    Protocol,
+    ServerError,
+    Subscribed,
+    SubscribeFailed,
+    UnknownData,
+)
 from connector.source import HandshakeFailed, open_stream
 from connector.spool import DATA, DEAD, RecordMeta
 
@@ -60,6 +68,7 @@ class Session:
         self._tokens: dict[str, int] = {}  # name -> generation of its newest subscribe
         self._retry: dict[str, Backoff] = {}
         self._timers: set[asyncio.Task[None]] = set()
+        self._unknown_ids: set[str] = set()
 
     # -- the connection loop ----------------------------------------------------------------
     async def run(self) -> None:
@@ -100,6 +109,7 @@ class Session:
 
     async def _session(self, ws: ClientConnection) -> None:
         self._protocol = Protocol()
+        self._unknown_ids = set()
         self._ws = ws
         self.connected = True
         try:
@@ -177,8 +187,21 @@ class Session:
             self._on_subscribed(event, at)
         elif isinstance(event, SubscribeFailed):
             self._on_refused(event, at)
+        elif isinstance(event, UnknownData):
+            self._intake.counts.malformed += 1
+            reason = f"data for unknown subscription id {event.id}"
+            self._intake.frame(DEAD, RecordMeta(reason=reason), event.raw, 0, at, None)
+            if event.id not in self._unknown_ids:  # logged and recorded once per id and connection
+                self._unknown_ids.add(event.id)
+                log.warning(
+                    "malformed frame (%d bytes) kept in the dead-letter area: %s",
+                    len(event.raw),
+                    reason,
+                )
+                self._coverage.unknown_data(event.id, at)
         elif isinstance(event, ServerError):
             log.warning("server reported an error: %s", describe(event.errors))
+            self._coverage.server_error(event.errors, at)
 
     def _on_subscribed(self, event: Subscribed, at: int) -> None:
         if event.name not in self.subscriptions or self._tokens.get(event.name) != event.token:

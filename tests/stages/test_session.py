@@ -281,6 +281,11 @@ async def test_malformed_frames_are_dead_lettered_and_the_stream_goes_on(
     assert "without a pending subscribe" in reasons[4]
     assert client.intake.counts.malformed == 5
     assert [r.payload for r in client.data()] == [sent.encode()]
+    # The unknown id and the server's error are also in the ledger (what was missed, and why).
+    unknown = client.events(ledger.UNKNOWN_DATA)
+    assert [e["id"] for e in unknown] == ["nobody"]
+    errors = client.events(ledger.SERVER_ERROR)
+    assert [e["errors"] for e in errors] == [REFUSAL]
     assert client.failures == [] and gotham.unsubscribed() == []
 
 

@@ -14,6 +14,7 @@ from connector.protocol import (
     ServerError,
     Subscribed,
     SubscribeFailed,
+    UnknownData,
 )
 
 CASES = Path(__file__).resolve().parents[1] / "cases"
@@ -131,15 +132,12 @@ def test_golden_data_frames(name: str, count: int) -> None:
     assert p.receive(raw) == Data("dc", SEED_ID, count, raw)
 
 
-def test_data_for_unknown_id_is_malformed() -> None:
+def test_data_for_unknown_id_is_its_own_event() -> None:
     p = Protocol()
     p.subscribe("a", {})
     p.receive(ok("id-a"))
     raw = data("someone-else", 1)
-    event = p.receive(raw)
-    assert isinstance(event, Malformed)
-    assert "unknown subscription id someone-else" in event.reason
-    assert event.raw == raw.encode()
+    assert p.receive(raw) == UnknownData("someone-else", raw.encode())
 
 
 def test_data_after_unsubscribe_is_still_routed() -> None:
@@ -245,4 +243,4 @@ def test_unsubscribe_id_retires_an_id_that_is_still_routed() -> None:
     assert p.receive(raw) == Data("dc", SEED_ID, 1, raw)
     # An id that was never adopted gets its unsubscribe message all the same.
     assert json.loads(p.unsubscribe_id("never-seen")) == {"type": "unsubscribe", "id": "never-seen"}
-    assert isinstance(p.receive(data("never-seen", 1)), Malformed)
+    assert isinstance(p.receive(data("never-seen", 1)), UnknownData)
