@@ -15,12 +15,13 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
+from connector import ledger
 from connector.backoff import Backoff
 from connector.batcher import Cut
 from connector.checkpoint import Checkpoint, CheckpointStore
 from connector.converter import Converter
 from connector.errors import is_transient
-from connector.intake import Intake
+from connector.intake import Intake, now_us
 from connector.jobs import FlushResult
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,11 @@ class Committer:
                     return False
                 await asyncio.sleep(delay)
         self._account(result)
+        for first, last in result.missing:
+            log.error("spool records %d-%d are damaged on disk: lost, recorded", first, last)
+            self.intake.record(
+                ledger.event(ledger.SPOOL_DAMAGED, "", now_us(), seq_first=first, seq_last=last)
+            )
         self.cp.committed_seq = cut.last
         self.cp.last_seen_us = max(self.cp.last_seen_us, self.intake.synced_frame_us)
         await self.save()

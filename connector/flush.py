@@ -16,7 +16,6 @@ import pyarrow as pa
 
 from connector import layout, parquet
 from connector.columnar import convert
-from connector.errors import Crashed
 from connector.jobs import CutJob, FlushResult, FlushSettings
 from connector.partition import split
 from connector.records import FrameMeta, Rejected
@@ -38,12 +37,9 @@ def flush_cut(job: CutJob, sink: Sink, settings: FlushSettings) -> FlushResult:
         result.slow_rows += converted.slow_rows
         if converted.table.num_rows:
             tables.append(converted.table)
-    if reading.records != job.last - job.first + 1:
-        # Never commit a cut short: a damaged record would silently drop rows.
-        raise Crashed(
-            f"spool damaged: read {reading.records} of {job.last - job.first + 1} records "
-            f"of seq {job.first}-{job.last}"
-        )
+    # Records the spool cannot give back (bytes damaged on disk) are reported, not raised: a
+    # raise would fail this cut again on every start, and nothing after it would ever land.
+    result.missing = _holes(reading.seqs, job.first, job.last)
     stem = layout.file_stem(settings.writer_id, job.first, job.last)
     result.rejected = len(reading.rejected)
     if tables:
@@ -80,11 +76,24 @@ def _land(
         result.bytes += len(data)
 
 
+def _holes(seqs: list[int], first: int, last: int) -> list[tuple[int, int]]:
+    """The ranges of [first, last] that `seqs` (ascending) does not cover."""
+    holes, expected = [], first
+    for seq in seqs:
+        if seq > expected:
+            holes.append((expected, seq - 1))
+        expected = max(expected, seq + 1)
+    if expected <= last:
+        holes.append((expected, last))
+    return holes
+
+
 class _Reading:
     """Sorts a cut's records: DATA frames into pieces, ledger and dead records aside."""
 
     def __init__(self) -> None:
         self.records = 0
+        self.seqs: list[int] = []
         self.ledger: list[bytes] = []
         self.rejected: list[Rejected] = []
 
@@ -93,6 +102,7 @@ class _Reading:
         observations = size = 0
         for rec in records:
             self.records += 1
+            self.seqs.append(rec.seq)
             meta = rec.meta
             if rec.kind == DATA:
                 frame = FrameMeta(rec.seq, rec.received_at_us, meta.sub or "", meta.id, meta.origin)

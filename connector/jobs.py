@@ -48,4 +48,6 @@ class FlushResult:
     rejected: int = 0
     ledger_events: int = 0
     slow_rows: int = 0  # rows that needed the general (Python) conversion path
+    # Seq ranges of the cut the spool could not give back (damaged on disk): lost, recorded.
+    missing: list[tuple[int, int]] = field(default_factory=list)
     rows_by_subscription: dict[str, int] = field(default_factory=dict)

@@ -18,6 +18,7 @@ SUBSCRIBE_REJECTED = "subscribe_rejected"
 SUBSCRIPTION_ENDED = "subscription_ended"
 UNKNOWN_DATA = "unknown_subscription_data"  # data for an id this connection never had
 SERVER_ERROR = "server_error"  # a {"type": "error"} message from the server
+SPOOL_DAMAGED = "spool_damaged"  # records the spool could not give back (seq_first, seq_last)
 
 
 # Names chosen to need no quoting in SQL (`at`, `start` and `end` are keywords in DuckDB).

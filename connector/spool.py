@@ -127,7 +127,8 @@ class Spool:
         torn = 0
         max_seq = committed_seq
         last_received = 0
-        for path in sorted(self.dir.glob(f"*{_SUFFIX}")):
+        paths = sorted(self.dir.glob(f"*{_SUFFIX}"))
+        for path in paths:
             seg = _Segment(int(path.stem), path)
             good_end = 0
             for offset, end, record in _scan_file(str(path), 0, None, with_payload=False):
@@ -146,7 +147,12 @@ class Spool:
                 elif record.seq >= tail_first:
                     tail_records += 1
             actual = path.stat().st_size
-            if good_end < actual:
+            if good_end < actual and path != paths[-1]:
+                # Damage inside an older segment (not a torn append): keep the bytes; the flush
+                # of its cut reports the records it cannot read, and the ledger records them.
+                log.error("spool segment %s is damaged after byte %d", path.name, good_end)
+                good_end = actual  # its size, for the spool's bound; reads stop at the damage
+            elif good_end < actual:
                 torn += actual - good_end
                 log.warning(
                     "spool segment %s: truncating %d torn bytes", path.name, actual - good_end

@@ -16,11 +16,10 @@ import msgspec
 import pytest
 
 from connector import ledger
-from connector.errors import Crashed
 from connector.flush import flush_cut
 from connector.jobs import CutJob, FlushSettings
 from connector.sink import Sink
-from connector.spool import DATA, DEAD, LEDGER, RecordMeta, Spool
+from connector.spool import DATA, DEAD, LEDGER, RecordMeta, Spool, read_ranges
 from tests.oracle import row_to_observation
 
 from .conftest import FAST, MotoS3
@@ -504,31 +503,39 @@ def test_empty_cut_writes_nothing(tmp_path: Path) -> None:
     assert sink.list() == []
 
 
-def test_a_damaged_record_fails_the_cut_and_lands_nothing(spooled: Fixture, tmp_path: Path) -> None:
-    """A cut is never committed short: a record whose bytes changed on disk (its crc fails)
-    stops the flush before any file is written."""
+def test_a_damaged_record_is_reported_and_the_rest_of_the_cut_lands(
+    spooled: Fixture, tmp_path: Path
+) -> None:
+    """A record whose bytes changed on disk (its crc fails) cannot be read back: the cut lands
+    what is readable and reports the lost seq range (a raise would fail it on every start)."""
     fx = spooled
     fx.spool.close()
-    segment = Path(fx.job().ranges[0].path)
+    job = fx.job()
+    segment = Path(job.ranges[0].path)
     data = bytearray(segment.read_bytes())
     data[len(data) // 2] ^= 0xFF  # inside the first segment's records
     segment.write_bytes(bytes(data))
     sink = Sink(str(tmp_path / "lake"), **FAST)
-    with pytest.raises(Crashed, match=r"spool damaged: read \d+ of \d+ records") as info:
-        flush_cut(fx.job(), sink, FlushSettings(WRITER))
-    assert f"seq {fx.first}-{fx.last}" in str(info.value)
-    assert sink.list() == []
+    result = flush_cut(job, sink, FlushSettings(WRITER))
+    assert len(result.missing) == 1
+    lost_first, lost_last = result.missing[0]
+    assert fx.first <= lost_first <= lost_last <= fx.last
+    assert (lost_first, lost_last) != (fx.first, fx.last)  # later segments still land
+    readable = [r for r in read_ranges(list(job.ranges), fx.first, fx.last)]
+    assert all(not lost_first <= r.seq <= lost_last for r in readable)
+    landed_seqs = {seq for (seq, _, _) in fx.expected if not lost_first <= seq <= lost_last}
+    rows = duckdb.sql(f"SELECT DISTINCT seq FROM read_parquet('{tmp_path}/lake/**/*.parquet')")
+    assert {s for (s,) in rows.fetchall()} == landed_seqs
 
 
-def test_a_job_missing_a_byte_range_fails_the_cut(spooled: Fixture, tmp_path: Path) -> None:
+def test_a_job_missing_a_byte_range_reports_the_hole(spooled: Fixture, tmp_path: Path) -> None:
     fx = spooled
     job = fx.job()
     assert len(job.ranges) > 2  # the fixture spans several segments
     short = CutJob(job.first, job.last, job.ranges[:1] + job.ranges[2:])
     sink = Sink(str(tmp_path / "lake"), **FAST)
-    with pytest.raises(Crashed, match="spool damaged"):
-        flush_cut(short, sink, FlushSettings(WRITER))
-    assert sink.list() == []
+    result = flush_cut(short, sink, FlushSettings(WRITER))
+    assert len(result.missing) == 1 and result.rows > 0
 
 
 def test_a_cut_larger_than_a_piece_lands_every_row_once(tmp_path: Path) -> None:
