@@ -93,8 +93,10 @@ class Converter:
         result: FlushResult = await self.call("flush", job, self.sink, self.settings)
         return result
 
-    async def check_sink(self) -> None:
-        await self.call("check_sink", self.sink)
+    async def check_sink(self) -> int:
+        """Fail fast when the sink refuses writes; returns the leftover temp files swept."""
+        swept: int = await self.call("check_sink", self.sink)
+        return swept
 
     async def landed_identities(
         self, hours: list[str], name: str, start: int, end: int

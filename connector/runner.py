@@ -178,7 +178,9 @@ class Runner:
     async def _check_sink(self) -> None:
         """Fail fast (exit 4) when the sink refuses writes for good; transient trouble warns."""
         try:
-            await self.converter.check_sink()
+            swept = await self.converter.check_sink()
+            if swept:
+                log.info("removed %d temp file(s) left in the landing zone by a kill", swept)
         except Exception as exc:
             if not is_transient(exc):
                 raise

@@ -8,6 +8,7 @@ once: permanent ones become SinkError (stop, keep the data), the rest TransientS
 from __future__ import annotations
 
 import builtins
+import contextlib
 import logging
 import os
 import uuid
@@ -108,6 +109,19 @@ class Sink:
             self.fs.rm_file(probe)
         except Exception as exc:  # no DeleteObject permission is fine: we only write
             log.debug("sink probe %s left in place: %s", probe, exc)
+
+    def sweep_temp_files(self) -> int:
+        """Delete hidden temp files a kill left mid-write in a local landing zone; how many.
+        Safe at start: this state dir's lock means no other process of ours writes here, and a
+        temp name is never a file anyone reads (`**/*.parquet` cannot match it)."""
+        if not self.local or not Path(self.root).is_dir():
+            return 0
+        removed = 0
+        for tmp in Path(self.root).rglob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed += 1
+        return removed
 
     def _translate(self, fn: Any, *args: Any) -> Any:
         try:

@@ -99,8 +99,11 @@ def flush(job: CutJob, spec: SinkSpec, settings: FlushSettings) -> FlushResult:
     return flush_cut(job, sink_for(spec), settings)
 
 
-def check_sink(spec: SinkSpec) -> None:
-    sink_for(spec).check()
+def check_sink(spec: SinkSpec) -> int:
+    """Fail fast when the sink refuses writes; sweep what a kill left (returns how many)."""
+    sink = sink_for(spec)
+    sink.check()
+    return sink.sweep_temp_files()
 
 
 def landed_identities(

@@ -251,3 +251,20 @@ def test_unreachable_endpoint_is_retried_then_transient(
         sink.put("after.parquet", b"lost?")
     assert not isinstance(info.value, SinkError)
     assert len(retry_warnings(caplog)) == 2  # 3 attempts, 2 waits
+
+
+def test_sweep_removes_only_what_a_killed_write_leaves_on_a_local_sink(tmp_path: Path) -> None:
+    sink = Sink(str(tmp_path / "lake"))
+    sink.put(
+        "observation_spec_id=baz/date=2024-06-24/hour=17/w-1-000000000001-000000000002.parquet",
+        b"PAR1",
+    )
+    part = tmp_path / "lake" / "observation_spec_id=baz" / "date=2024-06-24" / "hour=17"
+    left = part / ".w-1-000000000003-000000000004.parquet.0123456789ab.tmp"
+    left.write_bytes(b"half a file")
+    kept = [part / "notes.txt", part / "w-1-000000000001-000000000002.parquet"]
+    kept[0].write_text("not ours to remove")
+    assert sink.sweep_temp_files() == 1
+    assert not left.exists() and all(p.exists() for p in kept)
+    assert sink.sweep_temp_files() == 0
+    assert Sink("memory://swept-nothing").sweep_temp_files() == 0
