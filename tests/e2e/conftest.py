@@ -21,6 +21,10 @@ from connector.simulator import SimulatorOptions, SimulatorThread
 from tests.oracle import row_to_observation
 
 TOKEN = "e2e-token-0123456789"
+# Every bound a test waits within is multiplied by this (like websockets' MS): a slow or busy
+# machine sets GOTHAM_TEST_TIME_FACTOR=3 instead of editing timeouts. Durations the tests
+# stream for on purpose are not scaled: they are what the test measures against.
+TIME_FACTOR = float(os.environ.get("GOTHAM_TEST_TIME_FACTOR", "1"))
 SUBSCRIPTIONS = {"dc": {"location": DC_POLYGON}, "everything": {}}
 
 
@@ -104,7 +108,7 @@ class Deployment:
 
     def stop(self, proc: subprocess.Popen[str], timeout: float = 15.0) -> tuple[int, str]:
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=timeout)
+        _, err = proc.communicate(timeout=timeout * TIME_FACTOR)
         return proc.returncode, err
 
     def rows(self, where: str = "true") -> list[dict[str, Any]]:
@@ -159,7 +163,7 @@ def landed_observations(dep: Deployment, subscription: str) -> list[dict[str, An
 
 
 def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout * TIME_FACTOR
     while time.monotonic() < deadline:
         if predicate():
             return
