@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
+from dataclasses import replace
 
 import msgspec
 import pyarrow as pa
@@ -21,6 +22,7 @@ from connector.partition import split
 from connector.records import FrameMeta, Rejected
 from connector.sink import Sink
 from connector.spool import DATA, DEAD, LEDGER, Record, read_ranges
+from connector.wire import raw_frame_decoder
 
 # A piece is converted at once: its frames' Python objects live only while it is converted.
 PIECE_OBSERVATIONS = 5_000
@@ -76,6 +78,25 @@ def _land(
         result.bytes += len(data)
 
 
+def _parts(
+    frame: FrameMeta, payload: bytes, count: int
+) -> Iterator[tuple[tuple[FrameMeta, bytes], int]]:
+    """A frame as it is, or a huge one (a message may be 256 MiB) as frames of a piece's size
+    each: conversion then never holds more than a piece's Python objects at once."""
+    if len(payload) <= PIECE_BYTES or count <= PIECE_OBSERVATIONS:
+        yield (frame, payload), count
+        return
+    try:
+        texts = raw_frame_decoder.decode(payload).observations
+    except (msgspec.DecodeError, ValueError, RecursionError):
+        yield (frame, payload), count  # the converter rejects it whole, as it is
+        return
+    for start in range(0, len(texts), PIECE_OBSERVATIONS):
+        group = texts[start : start + PIECE_OBSERVATIONS]
+        part = b"".join((b'{"observations":[', b",".join(group), b"]}"))
+        yield (replace(frame, first_index=start), part), len(group)
+
+
 def _holes(seqs: list[int], first: int, last: int) -> list[tuple[int, int]]:
     """The ranges of [first, last] that `seqs` (ascending) does not cover."""
     holes, expected = [], first
@@ -106,12 +127,13 @@ class _Reading:
             meta = rec.meta
             if rec.kind == DATA:
                 frame = FrameMeta(rec.seq, rec.received_at_us, meta.sub or "", meta.id, meta.origin)
-                piece.append((frame, rec.payload))
-                observations += meta.n
-                size += len(rec.payload)
-                if observations >= PIECE_OBSERVATIONS or size >= PIECE_BYTES:
-                    yield piece
-                    piece, observations, size = [], 0, 0
+                for part, part_size in _parts(frame, rec.payload, meta.n):
+                    piece.append(part)
+                    observations += part_size
+                    size += len(part[1])
+                    if observations >= PIECE_OBSERVATIONS or size >= PIECE_BYTES:
+                        yield piece
+                        piece, observations, size = [], 0, 0
             elif rec.kind == DEAD:
                 reason = meta.reason or "malformed frame"
                 self.rejected.append(

@@ -58,6 +58,8 @@ class FrameMeta:
     subscription: str
     subscription_id: str | None
     origin: str
+    # A huge frame is converted in parts: where this part's observations start in the frame.
+    first_index: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +160,7 @@ class Columns:
                         meta.subscription,
                         problem,
                         bytes(text),
-                        index,
+                        index + meta.first_index,
                     )
                 )
         self._runs.append((meta, len(self._ts) - before))

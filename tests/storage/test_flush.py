@@ -18,6 +18,7 @@ import pytest
 from connector import ledger
 from connector.flush import flush_cut
 from connector.jobs import CutJob, FlushSettings
+from connector.records import FrameMeta
 from connector.sink import Sink
 from connector.spool import DATA, DEAD, LEDGER, RecordMeta, Spool, read_ranges
 from tests.oracle import row_to_observation
@@ -593,3 +594,58 @@ def test_a_cut_larger_than_a_piece_lands_every_row_once(tmp_path: Path) -> None:
         "observation_spec_id=foo",
     }
     assert len(result.files) == len({p.rsplit("/", 1)[0] for p, _, _ in result.files})
+
+
+def test_a_frame_larger_than_a_piece_is_converted_in_parts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message may be 256 MiB: such a frame is split into piece-sized parts (memory holds
+    one part's objects), every row lands once, and a rejected observation keeps its index in
+    the original frame."""
+    import connector.flush as flush_module
+
+    monkeypatch.setattr(flush_module, "PIECE_OBSERVATIONS", 50)
+    monkeypatch.setattr(flush_module, "PIECE_BYTES", 4096)
+    spool = Spool(tmp_path / "spool", segment_bytes=1 << 20, max_bytes=1 << 30)
+    spool.open(0)
+    base = us("2024-06-24T17:00:00Z")
+    observations: list[Any] = [
+        ship(f"t-{i % 9}", f"2024-06-24T17:{i // 60:02d}:{i % 60:02d}Z", -77.0, 38.0)
+        for i in range(230)
+    ]
+    observations[137] = {"trackId": "no ids, no position"}  # lands in _dead_letter/
+    body = frame(*observations)
+    assert len(body) > 4096
+    seq = spool.append(DATA, RecordMeta(sub="sea", id="3255ebeb", n=230), body, base)
+    spool.append_cut(seq, seq, base)
+    sink = Sink(str(tmp_path / "lake"), **FAST)
+    result = flush_cut(CutJob(seq, seq, tuple(spool.ranges(seq, seq))), sink, FlushSettings(WRITER))
+    spool.close()
+
+    assert (result.rows, result.rejected, result.missing) == (229, 1, [])
+    rows = duckdb.sql(
+        f"SELECT track_id, timestamp FROM read_parquet('{tmp_path}/lake/**/*.parquet')"
+    ).fetchall()
+    assert len(rows) == len(set(rows)) == 229
+    [dead] = (tmp_path / "lake" / "_dead_letter").glob("*.jsonl")
+    [line] = dead.read_text().splitlines()
+    item = json.loads(line)
+    assert item["index"] == 137 and json.loads(item["payload"]) == observations[137]
+
+
+def test_parts_split_a_huge_frame_at_piece_size_and_keep_its_observations(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import connector.flush as flush_module
+
+    monkeypatch.setattr(flush_module, "PIECE_OBSERVATIONS", 40)
+    monkeypatch.setattr(flush_module, "PIECE_BYTES", 1024)
+    observations = [{"trackId": f"t-{i}", "n": i} for i in range(100)]
+    meta = FrameMeta(5, 1, "sea", "x", "stream")
+    parts = list(flush_module._parts(meta, frame(*observations), 100))
+    assert [size for _, size in parts] == [40, 40, 20]
+    assert [m.first_index for (m, _), _ in parts] == [0, 40, 80]
+    rebuilt = [o for (_, body), _ in parts for o in json.loads(body)["observations"]]
+    assert rebuilt == observations
+    small = frame(*observations[:3])
+    assert list(flush_module._parts(meta, small, 3)) == [((meta, small), 3)]
