@@ -115,7 +115,6 @@ class Spool:
         self._lock = threading.Lock()  # guards the fd against a sync thread racing a rotation
         self._retiring: list[threading.Thread] = []
         self._size = 0  # bytes in all segments; checked on every append
-        self.frames = 0  # DATA/DEAD/LEDGER records held (a gauge for operators)
 
     # -- start-up -------------------------------------------------------------------------
     def open(self, committed_seq: int) -> Recovered:
@@ -177,7 +176,6 @@ class Spool:
         seg.last_seq = max(seg.last_seq, seq)
         if kind != CUT:  # cuts are never read back as data
             seg.index(seq, offset)
-            self.frames += 1
 
     # -- writing --------------------------------------------------------------------------
     @property
@@ -290,12 +288,7 @@ class Spool:
                 removed += 1
         if removed:
             self._dir_dirty = True
-            self._recount(committed_seq)
         return removed
-
-    def _recount(self, committed_seq: int) -> None:
-        # Approximate between releases; exact enough for a gauge and cheap (no scan).
-        self.frames = max(0, self.next_seq - 1 - committed_seq)
 
     def close(self) -> None:
         self.sync()
