@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections import Counter
 from dataclasses import dataclass
 
@@ -55,7 +54,6 @@ class Committer:
         self._saves = 0  # snapshots taken; a thread never writes an older one over a newer
         self._written = 0
         self._write_lock = threading.Lock()
-        self.flush_seconds: list[float] = []  # durations since the last read (for metrics)
 
     def submit(self, cut: Cut) -> None:
         self._queue.put_nowait(cut)
@@ -82,10 +80,8 @@ class Committer:
                 # The cut record and its frames must be on disk before files named after them
                 # exist: after a power loss a replay must find the same cut, not re-cut.
                 await self.intake.sync()
-                started = time.monotonic()
                 async with self.gate:
                     result = await self.converter.flush(self.intake.job(cut))
-                self.flush_seconds.append(time.monotonic() - started)
                 break
             except Exception as exc:
                 if not is_transient(exc):

@@ -31,6 +31,11 @@ class Coverage:
         for gap in self.gaps.pending():
             self._notify(gap)
 
+    def streamed(self, name: str) -> bool:
+        """Whether the server ever accepted this subscription (so a stop leaves a gap)."""
+        state = self.gaps.states.get(name)
+        return state is not None and state.accepted
+
     def gap(self, gap: Gap) -> None:
         self.gap_count += 1
         log.warning(

@@ -138,7 +138,7 @@ class Session:
             self.connected = False
             self._ws = None
         # Also those streaming before and waiting for a (reloaded) subscribe's answer now.
-        streamed = [n for n in self.subscriptions if self._coverage.gaps.state(n).accepted]
+        streamed = [n for n in self.subscriptions if self._coverage.streamed(n)]
         names = sorted(set(self._protocol.ids) | set(streamed))
         self._coverage.stream_lost(names, self._intake.last_frame_us or now_us())
 
@@ -219,7 +219,7 @@ class Session:
     def _on_refused(self, event: SubscribeFailed, at: int) -> None:
         if event.name not in self.subscriptions or self._tokens.get(event.name) != event.token:
             return  # superseded: its successor's reply is what counts
-        accepted = self._coverage.gaps.state(event.name).accepted
+        accepted = self._coverage.streamed(event.name)
         if self._first and event.name in self._startup and not accepted:
             self._fail(QueryError(event.name, event.errors))
             return
