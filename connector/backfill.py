@@ -29,8 +29,8 @@ from connector import ledger
 from connector.config import Config, Subscription
 from connector.errors import Transient
 from connector.gaps import Gap
+from connector.identity import Identity, identity
 from connector.intake import now_us
-from connector.jobs import Identity
 from connector.query import matches
 from connector.spool import RecordMeta
 from connector.timeparse import format_us, parse_timestamp_us
@@ -273,57 +273,6 @@ def _fresh(wanted: list[Any], have: set[Identity]) -> list[dict[str, Any]]:
             have.add(ident)
             fresh.append(obs)
     return fresh
-
-
-def identity(obs: dict[str, Any]) -> Identity | None:
-    ts = obs.get("timestamp")
-    at = parse_timestamp_us(ts) if isinstance(ts, str) else None
-    keys = (
-        obs.get("sourceSystemId"),
-        obs.get("collectionId"),
-        obs.get("observationSpecId"),
-        obs.get("trackId"),
-    )
-    if at is None or not all(isinstance(k, str) for k in keys):
-        return None
-    return (str(keys[0]), str(keys[1]), str(keys[2]), str(keys[3]), at)
-
-
-class _Ids(msgspec.Struct):
-    sourceSystemId: Any = None
-    collectionId: Any = None
-    observationSpecId: Any = None
-    trackId: Any = None
-    timestamp: Any = None
-
-
-class _IdFrame(msgspec.Struct):
-    observations: list[_Ids] = msgspec.field(default_factory=list)
-
-
-_id_frame = msgspec.json.Decoder(_IdFrame)
-
-
-def frame_identities(payload: bytes) -> set[Identity]:
-    """Identities of a data frame's observations (those that have one); never raises."""
-    try:
-        observations = _id_frame.decode(payload).observations
-    except (msgspec.DecodeError, ValueError, RecursionError):
-        return set()  # a frame that does not decode lands no row to collide with
-    found = set()
-    for o in observations:
-        ident = identity(
-            {
-                "sourceSystemId": o.sourceSystemId,
-                "collectionId": o.collectionId,
-                "observationSpecId": o.observationSpecId,
-                "trackId": o.trackId,
-                "timestamp": o.timestamp,
-            }
-        )
-        if ident is not None:
-            found.add(ident)
-    return found
 
 
 def _in_window(obs: dict[str, Any], start: int, end: int) -> bool:

@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from connector.identity import Identity
 from connector.spool import SpoolRange
 
-Identity = tuple[str, str, str, str, int]  # source, collection, spec, track, timestamp (us)
+__all__ = ["CutJob", "FlushResult", "FlushSettings", "Identity", "SinkSpec"]
 
 
 @dataclass(frozen=True)

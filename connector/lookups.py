@@ -6,10 +6,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from connector.columnar import convert
-from connector.jobs import Identity
+from connector.identity import Identity, frame_identities
 from connector.layout import SPEC_PREFIX
-from connector.records import FrameMeta
 from connector.schema import IDENTITY
 from connector.sink import Sink
 from connector.spool import DATA, SpoolRange, read_ranges
@@ -53,15 +51,10 @@ def landed_identities(
 
 
 def spooled_identities(ranges: list[SpoolRange], first: int, last: int, name: str) -> set[Identity]:
-    """Identities of this subscription's rows in the spool range (received, not yet landed)."""
+    """Identities of this subscription's observations in the spool range (received, not yet
+    landed): the same light decode the receiving process uses for the newest frames."""
     found: set[Identity] = set()
-    frames = []
     for rec in read_ranges(ranges, first, last):
         if rec.kind == DATA and rec.meta.sub == name:
-            frames.append((FrameMeta(rec.seq, rec.received_at_us, name, None, ""), rec.payload))
-            if len(frames) >= 200:
-                found |= identities(convert(frames).table)
-                frames = []
-    if frames:
-        found |= identities(convert(frames).table)
+            found |= frame_identities(rec.payload)
     return found

@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from connector.backfill import Backfiller, BackfillPort, frame_identities
+from connector.backfill import Backfiller, BackfillPort
 from connector.checkpoint import CheckpointStore
 from connector.committer import Committer
 from connector.config import Config
@@ -27,6 +27,7 @@ from connector.converter import Converter
 from connector.coverage import Coverage
 from connector.errors import ConnectorError, Crashed, is_transient
 from connector.gaps import Gap, Gaps
+from connector.identity import frame_identities
 from connector.intake import Intake, now_us
 from connector.jobs import FlushSettings, Identity, SinkSpec
 from connector.layout import hour_dirs

@@ -14,8 +14,9 @@ import duckdb
 import msgspec
 import pytest
 
-from connector.backfill import Backfiller, frame_identities, identity
+from connector.backfill import Backfiller
 from connector.config import Config, SinkConfig, SourceConfig, StateConfig, Subscription
+from connector.identity import frame_identities, identity
 from connector.runner import Runner
 from connector.spool import DATA, RecordMeta
 from tests.stages.helpers import data_message, observation
@@ -95,3 +96,7 @@ def test_frame_identities_match_backfills_identity() -> None:
     odd = b'{"type":"data","id":"s","observations":[{"trackId":1},"x",{"timestamp":"bad"}]}'
     assert frame_identities(odd) == set()
     assert frame_identities(b"\xff not json") == set()
+    # One odd observation does not hide its neighbours.
+    good = observation("t-9", 9)
+    mixed = msgspec.json.encode({"observations": ["x", good, {"trackId": []}]})
+    assert frame_identities(mixed) == {identity(good)}

@@ -20,6 +20,7 @@ PURE = [
     "columnar",
     "partition",
     "gaps",
+    "identity",
     "schema",
     "query",
     "timeparse",
