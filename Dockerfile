@@ -1,6 +1,10 @@
 # gotham-connector: a small image running as an unprivileged user; state on a volume.
 FROM python:3.11-slim AS build
 WORKDIR /src
+# gcc compiles connector/_native.c; only the build stage has it, the venv carries the result.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml constraints.txt README.md ./
 COPY connector ./connector
 RUN python -m venv /opt/venv \

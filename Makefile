@@ -9,7 +9,8 @@ DEV := $(VENV)/.installed-dev
 
 .PHONY: demo test lint typecheck bench soak clean
 
-$(RUNTIME): pyproject.toml constraints.txt
+# connector/_native.c is compiled by the install: an edit to it must rebuild.
+$(RUNTIME): pyproject.toml constraints.txt connector/_native.c
 	python3 -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) -c constraints.txt -e .

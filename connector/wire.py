@@ -40,14 +40,9 @@ class Observation(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     style: msgspec.Raw | Unset = UNSET
 
 
-class Frame(msgspec.Struct, gc=False):  # the envelope's other fields are the receiver's
-    observations: list[Observation]
-
-
 class RawFrame(msgspec.Struct, gc=False):
     observations: list[msgspec.Raw]
 
 
-frame_decoder = msgspec.json.Decoder(Frame)
 raw_frame_decoder = msgspec.json.Decoder(RawFrame)
 observation_decoder = msgspec.json.Decoder(Observation)

@@ -18,6 +18,7 @@ PURE = [
     "batcher",
     "records",
     "columnar",
+    "native",
     "partition",
     "gaps",
     "identity",

@@ -1,0 +1,194 @@
+"""The compiled scanner's column buffers as Arrow arrays, zero-copy. Pure.
+
+`connector._native.scan` (C, see `_native.c`) reads whole frames and writes each column's
+offsets, bytes and presence flags into contiguous buffers; here they become arrays without a
+Python object per observation. What it leaves out (odd observations, bailed frames) is the
+caller's to route to the Python paths.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from connector import _native
+from connector.records import Columns, FrameMeta
+from connector.schema import SCHEMA, UTC_US
+
+# The order in which _native.c returns its buffers (its enum).
+_BUFFERS = [
+    "src_off",
+    "src_data",
+    "col_off",
+    "col_data",
+    "spec_off",
+    "spec_data",
+    "track_off",
+    "track_data",
+    "ts_off",
+    "ts_data",
+    "name_off",
+    "name_data",
+    "name_state",
+    "lon",
+    "lat",
+    "elev",
+    "elev_state",
+    "st_list",
+    "st_state",
+    "st_key_off",
+    "st_key_data",
+    "st_val_off",
+    "st_val_data",
+    "lv_list",
+    "lv_state",
+    "lv_key_off",
+    "lv_key_data",
+    "lv_val_off",
+    "lv_val_data",
+    "style_off",
+    "style_data",
+    "style_state",
+]
+
+
+@dataclass
+class Scanned:
+    rows: int
+    counts: list[int]  # per frame: observations kept in the columns; -1: frame left whole
+    odd: list[tuple[int, int, int, int]]  # (frame, index in frame, start, end) of the rest
+    columns: dict[str, pa.Array]  # observation columns (timestamp still as text)
+    null_name: pa.Array | None  # true where the name was an explicit null (None: nowhere)
+
+
+def scan(raws: Sequence[bytes]) -> Scanned:
+    rows, counts, odd, buffers = _native.scan(raws)
+    b = dict(zip(_BUFFERS, map(pa.py_buffer, buffers), strict=True))
+
+    def text(prefix: str, valid: pa.Buffer | None = None) -> pa.Array:
+        return pa.Array.from_buffers(
+            pa.string(), rows, [valid, b[f"{prefix}_off"], b[f"{prefix}_data"]]
+        )
+
+    def present(state: str, value: int = 1) -> pa.Buffer | None:
+        flags = pa.Array.from_buffers(pa.uint8(), rows, [None, b[state]])
+        mask = pc.equal(flags, value)
+        return mask.buffers()[1] if pc.any(pc.invert(mask)).as_py() else None
+
+    def floats(name: str, valid: pa.Buffer | None = None) -> pa.Array:
+        return pa.Array.from_buffers(pa.float64(), rows, [valid, b[name]])
+
+    def properties(prefix: str) -> pa.Array:
+        offsets = pa.Array.from_buffers(pa.int32(), rows + 1, [None, b[f"{prefix}_list"]])
+        entries = offsets[-1].as_py()
+        keys = pa.Array.from_buffers(
+            pa.string(), entries, [None, b[f"{prefix}_key_off"], b[f"{prefix}_key_data"]]
+        )
+        values = pa.Array.from_buffers(
+            pa.string(), entries, [None, b[f"{prefix}_val_off"], b[f"{prefix}_val_data"]]
+        )
+        flags = pa.Array.from_buffers(pa.uint8(), rows, [None, b[f"{prefix}_state"]])
+        absent = pc.equal(flags, 0)
+        mask = absent if pc.any(absent).as_py() else None
+        return pa.MapArray.from_arrays(offsets, keys, values, mask=mask)
+
+    null = pc.equal(pa.Array.from_buffers(pa.uint8(), rows, [None, b["name_state"]]), 2)
+    columns = {
+        "source_system_id": text("src"),
+        "collection_id": text("col"),
+        "observation_spec_id": text("spec"),
+        "track_id": text("track"),
+        "timestamp": text("ts"),
+        "longitude": floats("lon"),
+        "latitude": floats("lat"),
+        "elevation": floats("elev", present("elev_state")),
+        "name": text("name", present("name_state")),
+        "static_properties": properties("st"),
+        "live_properties": properties("lv"),
+        "style": text("style", present("style_state")),
+    }
+    return Scanned(rows, counts, odd, columns, null if pc.any(null).as_py() else None)
+
+
+def table(scanned: Scanned, frames: Sequence[tuple[FrameMeta, bytes]]) -> pa.Table | None:
+    """The scanned rows as a table of SCHEMA; None if Arrow refuses a timestamp the scanner
+    accepted (it checks shape and calendar, so that would be a bug: the caller plays safe)."""
+    try:
+        timestamps, kept_stamp = _timestamps(scanned.columns["timestamp"])
+    except pa.ArrowInvalid:
+        return None
+    null_name = None
+    if scanned.null_name is not None:  # an explicit null name is kept in `extra`, after the stamp
+        null_name = pc.if_else(
+            scanned.null_name, pa.scalar('"name":null'), pa.scalar(None, pa.string())
+        )
+    counts = [
+        (meta, count) for (meta, _), count in zip(frames, scanned.counts, strict=True) if count > 0
+    ]
+    arrays = {
+        **scanned.columns,
+        "timestamp": timestamps,
+        "extra": _extra(scanned.rows, kept_stamp, null_name),
+        **_frame_columns(counts),
+    }
+    return pa.Table.from_arrays([arrays[f.name] for f in SCHEMA], schema=SCHEMA)
+
+
+def to_general_path(
+    scanned: Scanned, frames: Sequence[tuple[FrameMeta, bytes]], slow: Columns
+) -> None:
+    """The observations the scanner left out, by their verbatim text, frame by frame."""
+    for frame, spans in itertools.groupby(scanned.odd, key=lambda span: span[0]):
+        meta, raw = frames[frame]
+        slow.add_observations(meta, [(index, raw[start:end]) for _, index, start, end in spans])
+
+
+def _timestamps(stamps: pa.Array) -> tuple[pa.Array, pa.Array | None]:
+    """Parsed in C++. A `...Z` spelling format_us would not write (`.120Z`, 7-9 digits) keeps
+    its text for `extra` (the second result). The scanner checked the shape, so the length
+    says the digits and cheap string kernels say canonical-or-not."""
+    fraction = pc.match_substring(stamps, ".")
+    too_long = pc.greater(pc.utf8_length(stamps), 27)  # 27 characters: a 6-digit fraction
+    trailing_zero = pc.and_(fraction, pc.ends_with(stamps, "0Z"))
+    noncanonical = pc.or_(trailing_zero, too_long)
+    kept = None
+    if pc.any(noncanonical).as_py():
+        text = pc.binary_join_element_wise('"timestamp":"', stamps, '"', "")
+        kept = pc.if_else(noncanonical, text, pa.scalar(None, pa.string()))
+        if pc.any(too_long).as_py():
+            # Microseconds, rounded down as parse_z does: drop digits beyond the sixth.
+            stamps = pc.replace_substring_regex(stamps, r"(\.\d{6})\d+Z$", r"\1Z")
+    return stamps.cast(UTC_US), kept
+
+
+def _extra(n: int, *parts: pa.Array | None) -> pa.Array:
+    """`extra` as the general path writes it: a JSON object of the present parts, in order."""
+    present = [p for p in parts if p is not None]
+    if not present:
+        return pa.nulls(n, pa.string())
+    body = present[0]
+    for part in present[1:]:
+        # Both, else whichever is there (null_handling="skip" drops rows in pyarrow 26).
+        body = pc.coalesce(pc.binary_join_element_wise(body, part, ","), body, part)
+    return pc.binary_join_element_wise("{", body, "}", "")
+
+
+def _frame_columns(counts: list[tuple[FrameMeta, int]]) -> dict[str, pa.Array]:
+    """Per-frame values, repeated for each of the frame's rows by run-end decoding (in C++)."""
+    run_ends = pa.array(itertools.accumulate(count for _, count in counts), pa.int64())
+
+    def runs(values: list[object], dtype: pa.DataType) -> pa.Array:
+        encoded = pa.RunEndEncodedArray.from_arrays(run_ends, pa.array(values, dtype))
+        return pc.run_end_decode(encoded)
+
+    return {
+        "subscription": runs([m.subscription for m, _ in counts], pa.string()),
+        "subscription_id": runs([m.subscription_id for m, _ in counts], pa.string()),
+        "origin": runs([m.origin for m, _ in counts], pa.string()),
+        "received_at": runs([m.received_at_us for m, _ in counts], pa.int64()).cast(UTC_US),
+        "seq": runs([m.seq for m, _ in counts], pa.int64()),
+    }
