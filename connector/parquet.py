@@ -1,9 +1,11 @@
-"""Arrow table -> Parquet bytes. Knows nothing about paths or stores."""
+"""Arrow table -> GeoParquet bytes. Knows nothing about paths or stores."""
 
 from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from connector import geo
 
 
 def encode(
@@ -15,26 +17,33 @@ def encode(
     order: pa.Array | None = None,
 ) -> pa.Buffer:
     """The file's bytes. With `order` (row indices), rows are written in that order, taken a
-    row group at a time: memory holds one sorted row group, not a sorted copy of the table."""
+    row group at a time: memory holds one sorted row group, not a sorted copy of the table.
+    The point columns (`geo`) are added a row group at a time too."""
     sink = pa.BufferOutputStream()
+    schema = geo.file_schema(table.schema, table)
     with pq.ParquetWriter(
         sink,
-        table.schema,
+        schema,
         compression=None if compression == "none" else compression,
         compression_level=level,
         # Dictionaries pay off for repeated text (ids, property names and values); for floats
         # and times they are tried and abandoned. Measured: 20% less CPU, 20% smaller files.
         use_dictionary=_text_columns(table.schema),
+        # Statistics of the bbox struct's leaves are the GeoParquet 1.1 covering readers prune by.
         # Page indexes and statistics let DuckDB skip row groups by time and track.
         write_statistics=True,
         write_page_index=True,
     ) as writer:
-        if order is None:
-            writer.write_table(table, row_group_size=row_group_rows)
-        else:
-            for start in range(0, len(order), row_group_rows):
-                piece = table.take(order.slice(start, row_group_rows))
-                writer.write_table(piece, row_group_size=row_group_rows)
+        for start in range(0, table.num_rows, row_group_rows):
+            piece = (
+                table.slice(start, row_group_rows)
+                if order is None
+                else table.take(order.slice(start, row_group_rows))
+            )
+            writer.write_table(
+                geo.with_points(piece).replace_schema_metadata(schema.metadata),
+                row_group_size=row_group_rows,
+            )
     return sink.getvalue()
 
 

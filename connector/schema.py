@@ -44,9 +44,22 @@ COLUMNS: list[tuple[str, pa.DataType, bool, str, str]] = [
     ("seq", pa.int64(), False, "(connector)", "spool sequence number of the frame (lineage)"),
 ]
 
+BBOX = pa.struct([(name, pa.float64()) for name in ("xmin", "ymin", "xmax", "ymax")])
+# Derived from longitude/latitude when a file is written (connector.geo): GeoParquet 1.1.
+GEO_COLUMNS: list[tuple[str, pa.DataType, bool, str, str]] = [
+    ("geometry", pa.binary(), False, "position", "the point as WKB (GeoParquet 1.1, OGC:CRS84)"),
+    ("bbox", BBOX, False, "position", "the point's box: GeoParquet 1.1 covering, prunes by space"),
+]
+VERSION = 2  # 2: the GeoParquet columns; files of version 1 lack them (read with union_by_name)
+
+# What conversion produces; files hold these plus GEO_COLUMNS (FILE_SCHEMA).
 SCHEMA = pa.schema(
     [pa.field(name, dtype, nullable=nullable) for name, dtype, nullable, _, _ in COLUMNS],
-    metadata={"gotham_connector.schema_version": "1"},
+    metadata={"gotham_connector.schema_version": str(VERSION)},
+)
+FILE_SCHEMA = pa.schema(
+    [*SCHEMA, *(pa.field(n, t, nullable=null) for n, t, null, _, _ in GEO_COLUMNS)],
+    metadata=SCHEMA.metadata,
 )
 
 IDENTITY = ("source_system_id", "collection_id", "observation_spec_id", "track_id", "timestamp")
@@ -56,7 +69,7 @@ def schema_document() -> dict[str, Any]:
     """The published, readable form of SCHEMA (kept equal to the code by a test)."""
     return {
         "name": "gotham_observation",
-        "version": 1,
+        "version": VERSION,
         "partitioning": ["observation_spec_id", "date", "hour"],
         "sort_order": ["track_id", "timestamp"],
         "identity": list(IDENTITY),
@@ -68,7 +81,7 @@ def schema_document() -> dict[str, Any]:
                 "origin": origin,
                 "meaning": meaning,
             }
-            for name, dtype, nullable, origin, meaning in COLUMNS
+            for name, dtype, nullable, origin, meaning in [*COLUMNS, *GEO_COLUMNS]
         ],
     }
 
