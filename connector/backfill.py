@@ -69,7 +69,7 @@ class BackfillPort:
     identities_since: Callable[[str, int], tuple[set[Identity], int]]
     landed_identities: Callable[[str, int, int], Awaitable[set[Identity]]]
     settle: Callable[[Gap], None]  # done with a gap (healed, refused or unrecoverable)
-    counted: Callable[[int], None]  # rows backfilled
+    counted: Callable[[str, int], None]  # rows backfilled (subscription, rows)
 
 
 class Backfiller:
@@ -117,11 +117,14 @@ class Backfiller:
         if end <= oldest:
             self._record(gap, start, end, "unrecoverable", error="older than backfill.max_window")
             return True
+        # What part of the gap this backfill can cover: only a window covering all of it may be
+        # recorded "ok" (readers take "ok" as "this gap is healed"); the rest is "partial".
+        covered = "ok"
         if start < oldest:
             self._record(
                 gap, start, oldest, "unrecoverable", error="older than backfill.max_window"
             )
-            start = oldest
+            start, covered = oldest, "partial"
         query = dict(sub.query) if bf.tracks == "subscription" else {}
         counts = {"fetched": 0, "matched": 0, "rows": 0}
         # Slices keep memory bounded by a few minutes of data, whatever the gap's length.
@@ -145,7 +148,7 @@ class Backfiller:
             counts["fetched"] += len(fetched)
             counts["matched"] += len(wanted)
             counts["rows"] += fresh
-            self.port.counted(fresh)
+            self.port.counted(gap.subscription, fresh)
         log.info(
             "backfilled %s %s..%s: %d fetched, %d matched, %d new",
             gap.subscription,
@@ -155,7 +158,7 @@ class Backfiller:
             counts["matched"],
             counts["rows"],
         )
-        self._record(gap, start, end, "ok", **counts)
+        self._record(gap, start, end, covered, **counts)
         return True
 
     async def _spool_fresh(self, name: str, wanted: list[Any], lo: int, hi: int) -> int | None:
@@ -191,7 +194,7 @@ class Backfiller:
         return spooled
 
     def _record(self, gap: Gap, start: int, end: int, outcome: str, **fields: Any) -> None:
-        if outcome != "ok":
+        if outcome not in ("ok", "partial"):
             log.warning("backfill of %s: %s (%s)", gap.subscription, outcome, fields.get("error"))
         self.port.record(
             ledger.event(

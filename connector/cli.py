@@ -36,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", type=Path, required=True)
     check = commands.add_parser("validate", help="check a config file offline")
     check.add_argument("--config", type=Path, required=True)
+    check.add_argument(
+        "--show",
+        action="store_true",
+        help="print the effective configuration (file + environment + defaults) as TOML",
+    )
     commands.add_parser("schema", help="print the observation schema as JSON")
 
     from connector.simulator import cli as simulator_cli
@@ -65,10 +70,25 @@ def main(argv: list[str] | None = None) -> int:
         _print_config_error(exc)
         return exc.exit_code
     if args.command == "validate":
-        print(f"{args.config}: OK ({len(cfg.subscriptions)} subscription(s))")
-        return 0
+        return _validated(cfg, args.config, args.show)
     logs.setup(cfg.log.level, cfg.log.format)
     return run_connector(cfg, args.config)
+
+
+def _validated(cfg: Config, path: Path, show: bool) -> int:
+    # Warnings go to stderr: with --show, stdout is a config file that loads as it is.
+    for sub in cfg.subscriptions:
+        for note in sub.notes:
+            print(f"warning: subscription {sub.name!r}: {note}", file=sys.stderr)
+    summary = f"{path}: OK ({len(cfg.subscriptions)} subscription(s))"
+    if not show:
+        print(summary)
+        return 0
+    from connector.tables import show_toml
+
+    print(f"# {summary}\n# effective configuration: file + environment + defaults")
+    print(f'# secret values are shown as "***"\n\n{show_toml(cfg)}', end="")
+    return 0
 
 
 def _print_config_error(exc: ConfigError) -> None:

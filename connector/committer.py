@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from connector.converter import Converter
 from connector.errors import is_transient
 from connector.intake import Intake, now_us
 from connector.jobs import FlushResult
+from connector.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +40,15 @@ class CommitTotals:
 
 class Committer:
     def __init__(
-        self, intake: Intake, converter: Converter, store: CheckpointStore, cp: Checkpoint
+        self,
+        intake: Intake,
+        converter: Converter,
+        store: CheckpointStore,
+        cp: Checkpoint,
+        metrics: Metrics | None = None,
     ) -> None:
         self.intake = intake
+        self.metrics = metrics or Metrics()
         self.converter = converter
         self.cp = cp
         self.totals = CommitTotals()
@@ -81,12 +89,15 @@ class Committer:
                 # exist: after a power loss a replay must find the same cut, not re-cut.
                 await self.intake.sync()
                 async with self.gate:
+                    started = time.monotonic()
                     result = await self.converter.flush(self.intake.job(cut))
+                    seconds = time.monotonic() - started
                 break
             except Exception as exc:
                 if not is_transient(exc):
                     raise
                 self.totals.sink_errors += 1
+                self.metrics.sink_failed(exc)
                 delay = backoff.next()
                 log.warning(
                     "cut %d-%d waits in the spool (retry in %.1fs): %s",
@@ -107,6 +118,7 @@ class Committer:
         self.cp.committed_seq = cut.last
         self.cp.last_seen_us = max(self.cp.last_seen_us, self.intake.synced_frame_us)
         await self.save()
+        self.metrics.landed(result, seconds)  # after the save: counts what readers can see
         self.intake.release(cut.last)
         self._committed.set()
         return True

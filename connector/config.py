@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from connector.errors import ConfigError
-from connector.query import validate_query
+from connector.query import counter_clockwise, validate_query
 from connector.secret import TokenSource
 from connector.tables import Reader, env_overrides
 
@@ -69,7 +69,10 @@ class SourceConfig:
 @dataclass(frozen=True)
 class Subscription:
     name: str
-    query: Mapping[str, Any]
+    query: Mapping[str, Any]  # as sent: a clockwise ring in the file is already reversed here
+    # What the loader changed, for `validate` to print and the session to log. Not part of
+    # equality: two subscriptions sending the same query are the same subscription.
+    notes: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,10 @@ class SinkConfig:
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     compression: str = "zstd"
     compression_level: int | None = None
-    row_group_rows: int = 100_000
+    # Rows are sorted by (track, time): a row group of 25,000 spans a few hundred tracks, so a
+    # one-track query skips most of them; it also bounds the sorted copy and the writer's
+    # buffers (measured: 16 MiB less peak than 100,000, for ~0.3 us/obs more encode CPU).
+    row_group_rows: int = 25_000
     max_attempts: int = 6
 
 
@@ -114,6 +120,16 @@ class BackfillConfig:
 class LogConfig:
     level: str = "INFO"
     format: str = "text"
+    heartbeat_seconds: float = 60.0  # a one-line stats log; 0 = off
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    # Opt-in: no port opened unasked, and two connectors on one host never fight over 9108.
+    enabled: bool = False
+    # The endpoints have no authentication: every interface (0.0.0.0) is an explicit choice.
+    host: str = "127.0.0.1"
+    port: int = 9108
 
 
 @dataclass(frozen=True)
@@ -125,6 +141,7 @@ class Config:
     state: StateConfig = field(default_factory=StateConfig)
     backfill: BackfillConfig = field(default_factory=BackfillConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
@@ -143,7 +160,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
 
 def parse_config(data: Mapping[str, Any]) -> Config:
     problems: list[tuple[str, str]] = []
-    sections = ("source", "subscriptions", "batch", "sink", "state", "backfill", "log")
+    sections = ("source", "subscriptions", "batch", "sink", "state", "backfill", "log", "metrics")
     for name in data:
         if name not in sections:
             problems.append((name, f"unknown section (expected one of {', '.join(sections)})"))
@@ -187,16 +204,22 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         problems.append(("backfill.tracks", "expected one of all, subscription"))
     if backfill.page_size > 100:
         problems.append(("backfill.page_size", "the API serves at most 100 per page"))
-    log = _section(
-        table("log"), "log", problems, LogConfig, {"level": "string", "format": "string"}
-    )
+    log = _log(table("log"), problems)
+    kinds = {"enabled": "bool", "host": "string", "port": "port (0-65535)"}
+    metrics = _section(table("metrics"), "metrics", problems, MetricsConfig, kinds)
+    if problems or source is None:
+        raise ConfigError(problems)
+    return Config(source, subscriptions, batch, sink, state, backfill, log, metrics)
+
+
+def _log(tbl: Mapping[str, Any], problems: list[tuple[str, str]]) -> LogConfig:
+    kinds = {"level": "string", "format": "string", "heartbeat_seconds": "non-negative number"}
+    log: LogConfig = _section(tbl, "log", problems, LogConfig, kinds)
     if log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         problems.append(("log.level", "expected one of DEBUG, INFO, WARNING, ERROR"))
     if log.format not in ("text", "json"):
         problems.append(("log.format", "expected one of text, json"))
-    if problems or source is None:
-        raise ConfigError(problems)
-    return Config(source, subscriptions, batch, sink, state, backfill, log)
+    return log
 
 
 def _section(
@@ -321,12 +344,14 @@ def _subscriptions(value: object, problems: list[tuple[str, str]]) -> tuple[Subs
                 r.fail("name", f"{name!r} is used twice")
             names.add(name)
         query = r.get("query", "table", None, required=True)
-        if query is not None:
-            for problem in validate_query(query):
-                r.fail("query", problem)
+        invalid = validate_query(query) if query is not None else []
+        for problem in invalid:
+            r.fail("query", problem)
         r.unknown()
-        if name is not None and query is not None:
-            result.append(Subscription(name, query))
+        if name is not None and query is not None and not invalid:
+            # Here, once: the subscribe message and backfill's REST queries both read sub.query.
+            sent, notes = counter_clockwise(query)
+            result.append(Subscription(name, sent, tuple(notes)))
     return tuple(result)
 
 

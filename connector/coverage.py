@@ -11,14 +11,22 @@ from typing import Any
 from connector import ledger
 from connector.gaps import Gap, Gaps
 from connector.intake import Intake
+from connector.metrics import Metrics
 from connector.timeparse import format_us
 
 log = logging.getLogger(__name__)
 
 
 class Coverage:
-    def __init__(self, gaps: Gaps, intake: Intake, save: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        gaps: Gaps,
+        intake: Intake,
+        save: Callable[[], None],
+        metrics: Metrics | None = None,
+    ) -> None:
         self.gaps = gaps
+        self._metrics = metrics or Metrics()
         self._intake = intake
         self._save = save  # schedules a checkpoint save (gap state is part of it)
         self.hooks: list[Callable[[Gap], None]] = []  # called on each gap (backfill)
@@ -38,6 +46,7 @@ class Coverage:
 
     def gap(self, gap: Gap) -> None:
         self.gap_count += 1
+        self._metrics.gaps.labels(gap.subscription, gap.reason).inc()
         log.warning(
             "gap in %s from %s to %s (%s)",
             gap.subscription,
@@ -98,6 +107,16 @@ class Coverage:
 
     def server_error(self, errors: list[dict[str, Any]], at_us: int) -> None:
         self._intake.record(ledger.event(ledger.SERVER_ERROR, "", at_us, errors=errors))
+
+    def open_gaps(self, names: set[str]) -> dict[str, int]:
+        """Per subscription: gaps not healed yet (the stream missing now, from a disconnect or
+        a full spool, plus those waiting for backfill to settle them)."""
+        found = dict.fromkeys(names, 0)
+        for name, state in self.gaps.states.items():
+            if name in found:
+                now = (state.gap_from_us is not None) + (state.spool_full_from_us is not None)
+                found[name] = now + len(state.pending_gaps)
+        return found
 
     def settle(self, gap: Gap) -> None:
         """Backfill is done with this gap (whatever its outcome, which the ledger holds)."""

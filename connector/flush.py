@@ -46,6 +46,7 @@ def flush_cut(job: CutJob, sink: Sink, settings: FlushSettings) -> FlushResult:
     result.missing = _holes(reading.seqs, job.first, job.last)
     stem = layout.file_stem(settings.writer_id, job.first, job.last)
     result.rejected = len(reading.rejected)
+    result.dead_frames = reading.dead_frames
     if tables:
         _land(pa.concat_tables(tables), stem, sink, settings, result)
     if reading.rejected:
@@ -59,12 +60,16 @@ def flush_cut(job: CutJob, sink: Sink, settings: FlushSettings) -> FlushResult:
 def _land(
     table: pa.Table, stem: str, sink: Sink, settings: FlushSettings, result: FlushResult
 ) -> None:
-    counts = table.group_by("subscription").aggregate([("seq", "count")])
+    counts = table.group_by(["subscription", "origin"]).aggregate([("seq", "count")])
     # By name: the column order of aggregate() output differs between pyarrow versions.
-    for sub, count in zip(
-        counts["subscription"].to_pylist(), counts["seq_count"].to_pylist(), strict=True
+    for sub, origin, count in zip(
+        counts["subscription"].to_pylist(),
+        counts["origin"].to_pylist(),
+        counts["seq_count"].to_pylist(),
+        strict=True,
     ):
-        result.rows_by_subscription[sub] = count
+        result.rows_by_subscription[sub] = result.rows_by_subscription.get(sub, 0) + count
+        result.rows_by_origin[(sub, origin)] = count
     for directory, part, order in split(table):
         data = parquet.encode(
             part,
@@ -119,6 +124,7 @@ class _Reading:
         self.seqs: list[int] = []
         self.ledger: list[bytes] = []
         self.rejected: list[Rejected] = []
+        self.dead_frames = 0
 
     def pieces(self, records: Iterator[Record]) -> Iterator[list[tuple[FrameMeta, bytes]]]:
         piece: list[tuple[FrameMeta, bytes]] = []
@@ -137,6 +143,7 @@ class _Reading:
                         yield piece
                         piece, observations, size = [], 0, 0
             elif rec.kind == DEAD:
+                self.dead_frames += 1
                 reason = meta.reason or "malformed frame"
                 self.rejected.append(
                     Rejected(rec.seq, rec.received_at_us, meta.sub, reason, rec.payload)

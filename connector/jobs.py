@@ -29,7 +29,7 @@ class FlushSettings:
     writer_id: str
     compression: str = "zstd"
     compression_level: int | None = None
-    row_group_rows: int = 100_000
+    row_group_rows: int = 25_000
 
 
 @dataclass(frozen=True)
@@ -52,3 +52,6 @@ class FlushResult:
     # Seq ranges of the cut the spool could not give back (damaged on disk): lost, recorded.
     missing: list[tuple[int, int]] = field(default_factory=list)
     rows_by_subscription: dict[str, int] = field(default_factory=dict)
+    # (subscription, origin) -> rows: what `rows_written_total{subscription,origin}` counts.
+    rows_by_origin: dict[tuple[str, str], int] = field(default_factory=dict)
+    dead_frames: int = 0  # of `rejected`: whole frames the receiving process set aside

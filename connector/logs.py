@@ -19,13 +19,16 @@ class TextFormatter(logging.Formatter):
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        item = {
+        item: dict[str, object] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
         }
+        stats = getattr(record, "stats", None)  # the heartbeat's numbers, for log pipelines
+        if isinstance(stats, dict):
+            item["stats"] = stats
         if record.exc_info:
             item["exception"] = self.formatException(record.exc_info)
         return scrub(msgspec.json.encode(item).decode())

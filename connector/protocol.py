@@ -100,9 +100,18 @@ class Protocol:
         """Current name -> subscription id."""
         return {name: sid for sid, name in self._names.items()}
 
+    @property
+    def awaiting(self) -> int:
+        """Subscribe requests still waiting for their reply."""
+        return len(self._pending)
+
     def pending(self, name: str) -> bool:
         """Whether a subscribe for `name` still waits for its reply."""
         return any(pending == name for pending, _ in self._pending)
+
+    def waits_for(self, name: str, token: int) -> bool:
+        """Whether this subscribe (name, token) still waits for its reply."""
+        return (name, token) in self._pending
 
     def subscribe(self, name: str, query: Any, token: int = 0) -> str:
         """The subscribe message; its reply will carry `name` and `token`."""

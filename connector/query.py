@@ -1,4 +1,5 @@
-"""Gotham query JSON: offline validation (for `validate`) and matching (for backfill filtering).
+"""Gotham query JSON: offline validation (for `validate`), ring orientation (what is sent) and
+matching (for backfill filtering).
 
 Pure: no I/O. The simulator has its own independent copy of these rules on purpose.
 """
@@ -7,11 +8,16 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from connector.timeparse import parse_timestamp_us
 
 _KEYS = {"time", "location", "property"}
+CLOCKWISE_NOTE = (
+    "location polygon is listed clockwise (as in Palantir's websocket example); it is sent "
+    "reversed: counter-clockwise, same area"
+)
 
 
 def validate_query(query: object) -> list[str]:
@@ -61,9 +67,27 @@ def _validate_polygon(points: object) -> list[str]:
         )
     if coords and coords[0] != coords[-1]:
         problems.append("location polygon is not closed (first point must equal last point)")
-    if len(coords) >= 4 and signed_area(coords) <= 0:
-        problems.append("location polygon must be listed counter-clockwise")
+    # Clockwise is not a problem: counter_clockwise() reverses the ring. No area is one.
+    if len(coords) >= 4 and coords[0] == coords[-1] and signed_area(coords) == 0:
+        problems.append("location polygon has zero area")
     return problems
+
+
+def counter_clockwise(query: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A valid query with its location ring counter-clockwise, and a note when it was reversed.
+
+    Gotham's search docs require counter-clockwise rings, while Palantir's own websocket example
+    is clockwise. Reversing the points keeps the ring closed and its area, and flips the sign of
+    the shoelace sum: what the user meant is sent in the form both readings of the docs accept.
+    """
+    location = query.get("location")
+    if not isinstance(location, list) or signed_area(_coords(location)) >= 0:
+        return dict(query), []
+    return {**query, "location": list(reversed(location))}, [CLOCKWISE_NOTE]
+
+
+def _coords(points: list[Any]) -> list[tuple[float, float]]:
+    return [(float(p["longitude"]), float(p["latitude"])) for p in points]
 
 
 def _validate_time(value: object) -> list[str]:
@@ -117,7 +141,7 @@ def matches(query: dict[str, Any], observation: dict[str, Any]) -> bool:
     location = query.get("location")
     if location:
         pos = observation.get("position") or {}
-        coords = [(float(p["longitude"]), float(p["latitude"])) for p in location]
+        coords = _coords(location)
         lon, lat = pos.get("longitude"), pos.get("latitude")
         if not (isinstance(lon, int | float) and isinstance(lat, int | float)):
             return False

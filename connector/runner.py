@@ -27,10 +27,12 @@ from connector.converter import Converter
 from connector.coverage import Coverage
 from connector.errors import ConnectorError, Crashed, is_transient
 from connector.gaps import Gap, Gaps
+from connector.health import HealthServer, heartbeat, problems
 from connector.identity import frame_identities
 from connector.intake import Intake, now_us
 from connector.jobs import FlushSettings, Identity, SinkSpec
 from connector.layout import hour_dirs
+from connector.metrics import Metrics
 from connector.session import Session
 from connector.spool import DATA, RecordMeta, Spool
 from connector.statedir import StateDirLock
@@ -56,8 +58,9 @@ class Totals:
 
 
 class Runner:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, metrics: Metrics | None = None) -> None:
         self.cfg = cfg
+        self.metrics = metrics or Metrics()
         self.stopping = asyncio.Event()
         self.backfilled = 0
         # Two processes on one state dir would append to one spool under one writer id.
@@ -74,7 +77,7 @@ class Runner:
         self.intake = Intake(
             spool, cfg.batch, cfg.state.fsync_seconds, self.gaps, self._gap, self._save_soon
         )
-        self.coverage = Coverage(self.gaps, self.intake, self._save_soon)
+        self.coverage = Coverage(self.gaps, self.intake, self._save_soon, self.metrics)
         sink = SinkSpec(
             cfg.sink.url, dict(cfg.sink.storage_options), max_attempts=cfg.sink.max_attempts
         )
@@ -85,12 +88,20 @@ class Runner:
             cfg.sink.row_group_rows,
         )
         self.converter = Converter(sink, settings, cfg.log.level, cfg.log.format)
-        self.committer = Committer(self.intake, self.converter, self._store, self.cp)
+        self.committer = Committer(self.intake, self.converter, self._store, self.cp, self.metrics)
         self.intake.connect(self.committer.submit)
         subscriptions = {s.name: s for s in cfg.subscriptions}
         self.session = Session(
-            cfg.source, subscriptions, self.intake, self.coverage, self.stopping, self._fail
+            cfg.source,
+            subscriptions,
+            self.intake,
+            self.coverage,
+            self.stopping,
+            self._fail,
+            self.metrics,
         )
+        self._watch_state()
+        self.health: HealthServer | None = None
         self.backfiller = Backfiller(cfg, self._backfill_port()) if cfg.backfill.enabled else None
         if self.backfiller is not None:
             self.coverage.hooks.append(self.backfiller.on_gap)
@@ -126,6 +137,7 @@ class Runner:
         self.stopping.set()
 
     async def run(self) -> Totals:
+        await self._serve_health()
         recovered = self.intake.recover(self.cp.committed_seq)
         log.info(
             "writer %s: committed through seq %d, replaying %d cut(s) and %d record(s)",
@@ -142,6 +154,8 @@ class Runner:
         last_seen = max(recovered.last_received_us, self.cp.last_seen_us)
         self.coverage.restarted(set(self.session.subscriptions), last_seen, now_us())
         committer = self.watch(self.committer.run(), "committer")
+        if self.cfg.log.heartbeat_seconds:
+            self.watch(heartbeat(self.metrics, self.cfg.log.heartbeat_seconds), "heartbeat")
         self.watch(self.intake.run(), "intake")
         try:
             await self.session.run()
@@ -169,6 +183,8 @@ class Runner:
         self.intake.close()
         self.cp.last_seen_us = max(self.cp.last_seen_us, self.intake.last_frame_us)
         await self.committer.save()
+        if self.health is not None:  # last: a scrape during the stop still sees the final flush
+            await self.health.close()
         self.lock.release()
         log.info(
             "stopped: %s, rows by subscription %s",
@@ -180,12 +196,39 @@ class Runner:
         """Fail fast (exit 4) when the sink refuses writes for good; transient trouble warns."""
         try:
             swept = await self.converter.check_sink()
+            self.metrics.sink_ok()
             if swept:
                 log.info("removed %d temp file(s) left in the landing zone by a kill", swept)
         except Exception as exc:
             if not is_transient(exc):
                 raise
+            self.metrics.sink_failed(exc)
             log.warning("sink not reachable yet (%s); data waits in the spool meanwhile", exc)
+
+    async def _serve_health(self) -> None:
+        if not self.cfg.metrics.enabled:
+            return
+        self.health = HealthServer(self.metrics)
+        try:
+            await self.health.start(self.cfg.metrics.host, self.cfg.metrics.port)
+        except ConnectorError:
+            self.lock.release()
+            raise
+
+    def _watch_state(self) -> None:
+        """Point the sampled metrics and readiness at the stages' own state."""
+        src = self.metrics.sources
+        src.spool_bytes = lambda: self.intake.spool.size_bytes
+        src.spool_frames = lambda: max(0, self.intake.last_seq - self.cp.committed_seq)
+        src.gaps_open = lambda: self.coverage.open_gaps(set(self.session.subscriptions))
+        src.not_ready = lambda: problems(
+            stopping=self.stopping.is_set(),
+            connected=self.session.connected,
+            configured=set(self.session.subscriptions),
+            active=self.session.active,
+            sink_problem=self.metrics.sink_problem,
+        )
+        self.metrics.known(self.session.subscriptions)
 
     def _fail(self, exc: ConnectorError) -> None:
         if self._fatal is None:
@@ -233,8 +276,9 @@ class Runner:
         async def landed(name: str, start: int, end: int) -> set[Identity]:
             return await self.converter.landed_identities(hour_dirs(start, end), name, start, end)
 
-        def counted(rows: int) -> None:
+        def counted(name: str, rows: int) -> None:
             self.backfilled += rows
+            self.metrics.backfill_rows.labels(name).inc(rows)
 
         return BackfillPort(
             subscriptions=lambda: self.session.subscriptions,
@@ -255,11 +299,13 @@ class Runner:
 
     async def reload(self, cfg: Config) -> None:
         """Apply a new subscription list on the open socket, without reconnecting."""
-        if (cfg.source, cfg.sink, cfg.state, cfg.batch) != (
+        if (cfg.source, cfg.sink, cfg.state, cfg.batch, cfg.metrics) != (
             self.cfg.source,
             self.cfg.sink,
             self.cfg.state,
             self.cfg.batch,
+            self.cfg.metrics,
         ):
             log.warning("reload applies [[subscriptions]] only; restart to apply other changes")
         await self.session.reload({s.name: s for s in cfg.subscriptions})
+        self.metrics.known(self.session.subscriptions)

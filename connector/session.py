@@ -24,6 +24,7 @@ from connector.config import SourceConfig, Subscription
 from connector.coverage import Coverage
 from connector.errors import AuthError, ConnectorError, QueryError, describe
 from connector.intake import Intake, now_us
+from connector.metrics import Metrics
 from connector.protocol import (
     Data,
     Malformed,
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 HEALTHY_SESSION_SECONDS = 30.0
 DRAIN_SECONDS = 3.0  # at most, reading what was sent before our unsubscribe arrived
 DRAIN_QUIET_SECONDS = 0.3
+# A subscribe unanswered this long is taken as lost: replies are matched by order only, so
+# waiting on forever would leave that name unsubscribed and every later reply unmatched.
+REPLY_SECONDS = 30.0
 
 
 class Session:
@@ -52,6 +56,8 @@ class Session:
         coverage: Coverage,
         stopping: asyncio.Event,
         fail: Callable[[ConnectorError], None],
+        metrics: Metrics | None = None,
+        reply_seconds: float = REPLY_SECONDS,
     ) -> None:
         self.source = source
         self.subscriptions = dict(subscriptions)
@@ -61,6 +67,7 @@ class Session:
         self._coverage = coverage
         self._stopping = stopping
         self._fail = fail
+        self._metrics = metrics or Metrics()
         self._startup = set(subscriptions)  # refused at the first start: a config error
         self._protocol = Protocol()
         self._ws: ClientConnection | None = None
@@ -69,6 +76,9 @@ class Session:
         self._retry: dict[str, Backoff] = {}
         self._timers: set[asyncio.Task[None]] = set()
         self._unknown_ids: set[str] = set()
+        self._noted: dict[str, Any] = {}  # name -> the query whose config notes were logged
+        self._reply_seconds = reply_seconds
+        self._resyncing: ClientConnection | None = None
 
     # -- the connection loop ----------------------------------------------------------------
     async def run(self) -> None:
@@ -100,7 +110,13 @@ class Session:
                 backoff.reset()
             if not self._stopping.is_set():
                 self.reconnects += 1
+                self._metrics.reconnects.inc()
                 await self._pause(backoff.next(), "reconnecting")
+
+    @property
+    def active(self) -> set[str]:
+        """Names with a live server subscription on the open connection."""
+        return set(self._protocol.ids) if self.connected else set()
 
     async def _pause(self, seconds: float, why: str) -> None:
         log.warning("%s in %.1fs", why, seconds)
@@ -175,6 +191,7 @@ class Session:
                 counts = self._intake.counts  # spooled, then counted (dropped ones apart)
                 counts.frames += 1
                 counts.observations += event.count
+                self._metrics.received(event.name, event.count, at)
         elif isinstance(event, Malformed):
             self._intake.counts.malformed += 1
             log.warning(
@@ -182,7 +199,8 @@ class Session:
                 len(event.raw),
                 event.reason,
             )
-            self._intake.frame(DEAD, RecordMeta(reason=event.reason), event.raw, 0, at, None)
+            if self._intake.frame(DEAD, RecordMeta(reason=event.reason), event.raw, 0, at, None):
+                self._metrics.dead_letters.labels("malformed").inc()
         elif isinstance(event, Subscribed):
             self._on_subscribed(event, at)
         elif isinstance(event, SubscribeFailed):
@@ -190,7 +208,8 @@ class Session:
         elif isinstance(event, UnknownData):
             self._intake.counts.malformed += 1
             reason = f"data for unknown subscription id {event.id}"
-            self._intake.frame(DEAD, RecordMeta(reason=reason), event.raw, 0, at, None)
+            if self._intake.frame(DEAD, RecordMeta(reason=reason), event.raw, 0, at, None):
+                self._metrics.dead_letters.labels("unknown_subscription").inc()
             if event.id not in self._unknown_ids:  # logged and recorded once per id and connection
                 self._unknown_ids.add(event.id)
                 log.warning(
@@ -202,6 +221,8 @@ class Session:
         elif isinstance(event, ServerError):
             log.warning("server reported an error: %s", describe(event.errors))
             self._coverage.server_error(event.errors, at)
+            if self._protocol.awaiting:  # it may answer a subscribe: the order is lost
+                self._resync(f"an error frame while {self._protocol.awaiting} subscribe(s) wait")
 
     def _on_subscribed(self, event: Subscribed, at: int) -> None:
         if event.name not in self.subscriptions or self._tokens.get(event.name) != event.token:
@@ -232,7 +253,39 @@ class Session:
     def _subscribe(self, sub: Subscription) -> str:
         token = self._tokens.get(sub.name, 0) + 1
         self._tokens[sub.name] = token
-        return self._protocol.subscribe(sub.name, dict(sub.query), token)
+        if sub.notes and self._noted.get(sub.name) != sub.query:
+            # Once per subscription (again only if a reload changes its query), not per reconnect.
+            self._noted[sub.name] = sub.query
+            for note in sub.notes:
+                log.warning("subscription %s: %s", sub.name, note)
+        message = self._protocol.subscribe(sub.name, dict(sub.query), token)
+        self._expect_reply(sub.name, token)
+        return message
+
+    def _expect_reply(self, name: str, token: int) -> None:
+        ws = self._ws
+
+        async def deadline() -> None:
+            await asyncio.sleep(self._reply_seconds)
+            if ws is self._ws and self._protocol.waits_for(name, token):
+                self._resync(f"no reply to the subscribe of {name} in {self._reply_seconds:g}s")
+
+        task = asyncio.get_running_loop().create_task(deadline(), name=f"reply-{name}")
+        self._timers.add(task)
+        task.add_done_callback(self._timers.discard)
+
+    def _resync(self, why: str) -> None:
+        """Replies carry no request id: once one may be missing or foreign, none after it can be
+        trusted to its subscribe. A new connection starts a fresh order: every subscription is
+        sent again, and the moments in between are a recorded gap that backfill heals."""
+        ws = self._ws
+        if ws is None or self._resyncing is ws:
+            return
+        self._resyncing = ws
+        log.warning("%s: reconnecting so that subscribe replies match again", why)
+        task = asyncio.get_running_loop().create_task(ws.close(1000, "resynchronizing"))
+        self._timers.add(task)
+        task.add_done_callback(self._timers.discard)
 
     def _later(self, seconds: float, name: str) -> None:
         """Resubscribe `name` after a refusal, on this socket, unless something changed."""

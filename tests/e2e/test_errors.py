@@ -6,10 +6,17 @@ import json
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
+from connector.config import load_config
+from connector.query import CLOCKWISE_NOTE
 from connector.simulator import SimulatorThread
 from tests.e2e.conftest import TOKEN, Deployment, wait_for
+
+SEED_QUERY = json.loads(
+    (Path(__file__).parents[1] / "cases" / "subscribe_seed_polygon.json").read_text()
+)["query"]
 
 
 def test_validate_reports_every_problem_with_its_key(deployment: Deployment) -> None:
@@ -19,6 +26,9 @@ def test_validate_reports_every_problem_with_its_key(deployment: Deployment) -> 
         "location": [{"longitude": 0, "latitude": 0}, {"longitude": 1, "latitude": 1}]
     }
     deployment.subscriptions["bad name!"] = {}
+    deployment.subscriptions["flat"] = {
+        "location": [{"longitude": x, "latitude": x} for x in (0, 1, 2, 0)]
+    }
     proc = deployment.start("validate")
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 2
@@ -29,8 +39,43 @@ def test_validate_reports_every_problem_with_its_key(deployment: Deployment) -> 
         "(bad-polygon).query: location needs at least 4 points",
         "polygon is not closed",
         "name: 'bad name!' must match",
+        "(flat).query: location polygon has zero area",
     ):
         assert needle in err, err
+
+
+def test_validate_warns_about_a_clockwise_polygon_and_accepts_it(deployment: Deployment) -> None:
+    deployment.subscriptions["seed"] = SEED_QUERY  # Palantir's example polygon: clockwise
+    proc = deployment.start("validate")
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "OK (3 subscription(s))" in out
+    assert err == f"warning: subscription 'seed': {CLOCKWISE_NOTE}\n"
+
+
+def test_validate_show_prints_the_effective_config(deployment: Deployment) -> None:
+    clockwise = [(0, 0), (0, 1), (1, 1), (1, 0), (0, 0)]
+    deployment.subscriptions["cw"] = {
+        "location": [{"longitude": x, "latitude": y} for x, y in clockwise]
+    }
+    deployment.sections["sink"] = {"storage_options": {"secret": "sink-secret", "anon": False}}
+    deployment.env["GOTHAM_CONNECTOR__BATCH__MAX_ROWS"] = "1234"
+    proc = deployment.start("validate", "--show")
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    shown = tomllib.loads(out)
+    assert shown["batch"]["max_rows"] == 1234  # from the environment
+    assert shown["source"]["max_message_bytes"] == 268435456  # a default
+    assert shown["source"]["token_env"] == "GOTHAM_TOKEN"
+    assert shown["sink"]["storage_options"] == {"secret": "***", "anon": False}
+    assert TOKEN not in out + err and "sink-secret" not in out + err
+    assert "clockwise" in err and "clockwise" not in out  # stdout is only the config
+    # Loaded back without the environment, it is the configuration `run` would use.
+    deployment.sections["sink"] = {"storage_options": {"secret": "***", "anon": False}}
+    expected = load_config(deployment.write_config(), deployment.env)
+    path = deployment.root / "shown.toml"
+    path.write_text(out)
+    assert load_config(path, {}) == expected
 
 
 def test_run_refuses_an_invalid_config_before_connecting(

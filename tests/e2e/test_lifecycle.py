@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 from websockets.sync.client import connect
 
-from connector.simulator import SimulatorThread
-from tests.e2e.conftest import TOKEN, Deployment, wait_for
+from connector.query import CLOCKWISE_NOTE
+from connector.simulator import SimulatorThread, matches
+from tests.e2e.conftest import (
+    TOKEN,
+    Deployment,
+    identity,
+    landed_observations,
+    wait_for,
+)
+
+# Palantir's websocket example polygon, verbatim: clockwise, about 250 m across, in Washington.
+SEED_RING = json.loads(
+    (Path(__file__).parents[1] / "cases" / "subscribe_seed_polygon.json").read_text()
+)["query"]["location"]
 
 
 def test_sigint_is_a_clean_stop(deployment: Deployment, sim: SimulatorThread) -> None:
@@ -179,3 +194,54 @@ def test_simulate_command_serves_until_sigterm() -> None:
         _, err = proc.communicate(timeout=15)
     assert proc.returncode == 0, err
     assert env_token not in err
+
+
+def park_track_inside(sim: SimulatorThread, ring: list[dict[str, Any]]) -> str:
+    """Put one simulated track on a tiny loop inside `ring`; returns its track id.
+
+    The simulator's tracks roam some 100 km, so a short run would rarely see one cross a 250 m
+    polygon, and the simulator has no option to place tracks: the test moves one. Track 1
+    reports with millisecond digits, so it reports often (~10/s here)."""
+    tracks = sim.simulator._generator.tracks
+    corners = ring[:-1]
+    center = (
+        sum(p["longitude"] for p in corners) / len(corners),
+        sum(p["latitude"] for p in corners) / len(corners),
+    )
+    # One list-item assignment: the simulator's thread sees the old track or the new one.
+    tracks[1] = dataclasses.replace(tracks[1], center=center, size=(1e-4, 1e-4))
+    return tracks[1].track_id
+
+
+def test_palantirs_clockwise_example_polygon_is_sent_reversed_and_lands(
+    deployment: Deployment, sim: SimulatorThread
+) -> None:
+    track_id = park_track_inside(sim, SEED_RING)
+    deployment.subscriptions = {"seed": {"location": SEED_RING}}
+    deployment.sections["source"] = {"reconnect_min_seconds": 0.3, "reconnect_max_seconds": 1.0}
+    # "subscription": backfill's REST search carries the query, which the simulator checks too.
+    deployment.sections["backfill"] = {
+        "enabled": True,
+        "tracks": "subscription",
+        "overlap_seconds": 1.0,
+    }
+    proc = deployment.start()
+    wait_for(lambda: sum(s["sent"] for s in sim.stats()["subscriptions"].values()) >= 10)
+    sim.inject({"action": "drop", "mode": "reset"})
+    wait_for(lambda: len(sim.stats()["subscriptions"]) == 2)  # subscribed again
+    wait_for(lambda: any(e["event"] == "backfill" for e in deployment.ledger()), timeout=40)
+    code, err = deployment.stop(proc)
+    assert code == 0, err
+    assert err.count(f"subscription seed: {CLOCKWISE_NOTE}") == 1, err  # not once per subscribe
+    # The simulator refuses clockwise rings (the search docs' rule): both subscribes carried the
+    # same ring reversed, and were accepted.
+    ccw = {"location": SEED_RING[::-1]}
+    assert [s["query"] for s in sim.stats()["subscriptions"].values()] == [ccw, ccw]
+    # So did backfill's REST searches: a clockwise ring would have been refused there too.
+    outcomes = [e["outcome"] for e in deployment.ledger() if e["event"] == "backfill"]
+    assert outcomes and set(outcomes) == {"ok"}, outcomes
+    landed = landed_observations(deployment, "seed")
+    assert deployment.rows("origin = 'stream'")
+    assert len({identity(o) for o in landed}) == len(landed)
+    assert {o["trackId"] for o in landed} == {track_id}
+    assert all(matches(ccw, o) for o in landed)

@@ -83,3 +83,33 @@ def test_an_unhealed_gap_shows_up(landed: Deployment, tmp_path: Path) -> None:
     (copy.landing / "_ledger").mkdir(parents=True)
     (copy.landing / "_ledger" / "x.jsonl").write_text("\n".join(lines) + "\n")
     assert {r[0] for r in run(copy, BLOCKS[3])} == {"dc", "everything"}
+
+
+def test_a_gap_partly_beyond_max_window_is_partial_and_reported_incomplete(
+    deployment: Deployment, sim: SimulatorThread
+) -> None:
+    """Only a backfill whose window covered the whole gap may say "ok": the hour query reads
+    "ok" as healed. Here the gap starts before now - max_window when backfill runs."""
+    deployment.sections["backfill"] = {"enabled": True, "overlap_seconds": 0.5, "max_window": 2}
+    deployment.sections["source"] = {"reconnect_min_seconds": 0.3, "reconnect_max_seconds": 1.0}
+    deployment.sections["batch"] = {"max_seconds": 0.5}
+    proc = deployment.start()
+    wait_for(lambda: len(sim.stats()["subscriptions"]) == 2)
+    sim.inject({"action": "refuse", "seconds": 4})
+    sim.inject({"action": "drop", "mode": "clean"})
+    wait_for(lambda: len(sim.stats()["subscriptions"]) == 4, timeout=30)
+    wait_for(lambda: len([e for e in deployment.ledger() if e["event"] == "backfill"]) >= 4)
+    code, err = deployment.stop(proc)
+    assert code == 0, err
+    events = deployment.ledger()
+    gaps = {(e["subscription"], e["gap_start"]) for e in events if e["event"] == "gap"}
+    assert {sub for sub, _ in gaps} == {"dc", "everything"}
+    for sub, start in gaps:
+        outcomes = {
+            e["outcome"]: e
+            for e in events
+            if e["event"] == "backfill" and (e["subscription"], e["gap_start"]) == (sub, start)
+        }
+        assert set(outcomes) == {"unrecoverable", "partial"}, outcomes
+        assert outcomes["unrecoverable"]["window_end"] == outcomes["partial"]["window_start"]
+    assert {r[0] for r in run(deployment, BLOCKS[3])} == {"dc", "everything"}

@@ -35,6 +35,7 @@ from connector.gaps import Gap, Gaps
 from connector.intake import Intake
 from connector.jobs import FlushSettings, SinkSpec
 from connector.layout import file_stem
+from connector.metrics import Metrics
 from connector.spool import DATA, RecordMeta, Spool, SpoolRange, read_ranges
 from tests.stages.helpers import DEADLINE, T0, data_frame, spool_records, until
 
@@ -53,6 +54,7 @@ class Write:
     committed: int
     visible: set[str]  # file names in the (local) lake
     spooled: set[int]  # seqs of the records in the spool files
+    rows_metric: float  # rows_written_total (all labels) just before this write
 
 
 class RecordingStore(CheckpointStore):
@@ -61,6 +63,7 @@ class RecordingStore(CheckpointStore):
         self.lake = lake
         self.spool_dir = spool_dir
         self.writes: list[Write] = []
+        self.metrics = Metrics()
         self._lock = threading.Lock()
 
     def write(self, data: bytes) -> None:
@@ -74,9 +77,10 @@ class RecordingStore(CheckpointStore):
                 SpoolRange(str(p), 0, p.stat().st_size) for p in sorted(self.spool_dir.glob("*"))
             ]
             spooled = {r.seq for r in read_ranges(ranges, 1, 1 << 62)}
+        rows_metric = self.metrics.snapshot()["rows_written"]
         super().write(data)
         with self._lock:
-            self.writes.append(Write(data, committed, visible, spooled))
+            self.writes.append(Write(data, committed, visible, spooled, rows_metric))
 
     def last_written(self) -> int | None:
         with self._lock:
@@ -169,7 +173,7 @@ async def lines(tmp_path: Path) -> AsyncIterator[LineFactory]:
         )
         sink = SinkSpec(url or str(lake), storage_options or {}, max_attempts=1)
         converter = converter or Converter(sink, FlushSettings(cp.writer_id))
-        committer = Committer(intake, converter, store, cp)
+        committer = Committer(intake, converter, store, cp, store.metrics)
         intake.connect(committer.submit)
         intake.recover(cp.committed_seq)
         line = Line(lake, intake, committer, converter, store, cp)
@@ -211,6 +215,14 @@ async def test_cuts_land_in_order_and_the_checkpoint_follows_their_files(
     totals = line.committer.totals
     assert (totals.files, totals.rows_written, totals.sink_errors) == (3, 6, 0)
     assert dict(line.committer.rows_by_subscription) == {"air": 6}
+    # rows_written_total moves after the checkpoint naming the cut: at each write it still
+    # holds the rows of the cuts before.
+    assert [w.rows_metric for w in writes] == [0, 2, 4]
+    metrics = line.committer.metrics
+    await until(lambda: metrics.snapshot()["rows_written"] == 6, what="counted after the save")
+    snap = metrics.snapshot()
+    assert snap["files_written"] == 3
+    assert snap["flush_duration_seconds_count"] == 3
     assert CheckpointStore(line.store.dir).load(None).committed_seq == 6
 
 
@@ -348,10 +360,15 @@ async def test_a_transient_sink_outage_makes_the_cut_wait_then_land_exactly_once
     await until(lambda: line.committer.totals.sink_errors >= 1, what="a failed attempt")
     # The cut waits in the spool: nothing committed, nothing released.
     assert line.cp.committed_seq == 2 and line.store.on_disk() == 2
+    metrics = line.committer.metrics  # readiness sees the sink down
+    assert (metrics.sink_problem or "").startswith("TransientSinkError: sink s3://stage-landing")
+    assert metrics.snapshot()["sink_errors"] >= 1 and metrics.snapshot()["rows_written"] == 2
     assert [r.seq for r in spool_records(line.spool, DATA)] == [1, 2, 3, 4]
 
     moto.start_again()
     await until(lambda: line.store.on_disk() == 4, LANDED, "the retried cut")
+    await until(lambda: metrics.snapshot()["rows_written"] == 4, what="counted after the save")
+    assert metrics.sink_problem is None
 
     listed = s3.list_objects_v2(Bucket="stage-landing", Prefix="lake/")
     keys = sorted(o["Key"] for o in listed.get("Contents", []))

@@ -158,7 +158,7 @@ class Client:
         await self.session.reload({n: Subscription(n, q) for n, q in subscriptions.items()})
 
 
-Connect = Callable[[dict[str, dict[str, Any]]], Awaitable[Client]]
+Connect = Callable[..., Awaitable[Client]]
 
 
 @pytest.fixture
@@ -168,7 +168,9 @@ async def connect(
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     made: list[Client] = []
 
-    async def start(subscriptions: dict[str, dict[str, Any]]) -> Client:
+    async def start(
+        subscriptions: dict[str, dict[str, Any]], reply_seconds: float = 30.0
+    ) -> Client:
         source = SourceConfig(
             url=f"ws://127.0.0.1:{gotham.port}",
             observation_spec_id="baz",
@@ -198,7 +200,9 @@ async def connect(
             stopping.set()
 
         subs = {n: Subscription(n, q) for n, q in subscriptions.items()}
-        session = Session(source, subs, intake, coverage, stopping, fail)
+        session = Session(
+            source, subs, intake, coverage, stopping, fail, reply_seconds=reply_seconds
+        )
         task = asyncio.get_running_loop().create_task(session.run())
         client = Client(session, intake, coverage, gaps, stopping, task, failures, saves)
         made.append(client)
@@ -519,3 +523,55 @@ async def test_a_drop_while_a_reloaded_subscribe_is_pending_still_records_a_gap(
     assert [m["query"] for m in gotham.messages("subscribe", conn=1)] == [SEA]
     gaps = client.events(ledger.GAP)
     assert [g["subscription"] for g in gaps] == ["air"], "no gap for the time air streamed nothing"
+
+
+# -- replies that cannot be matched by order --------------------------------------------------
+async def test_an_error_frame_while_subscribes_wait_reconnects_and_matches_afresh(
+    gotham: Gotham, connect: Connect
+) -> None:
+    """The reply carries no request id: an error frame while replies are due might answer any
+    of them. Taking the next `subscribed` for the wrong name would stream one name's data
+    under the other's; the session starts a fresh connection instead."""
+    client = await connect({"air": AIR, "sea": SEA})
+    await gotham.wait("subscribe", 2)
+    await gotham.send({"type": "error", "errors": [{"error": "Malformed", "args": []}]})
+    await until(lambda: len(gotham.connections) == 2, what="a second connection")
+    assert [m["query"] for m in gotham.messages("subscribe", 1)] == [AIR, SEA]
+    air, sea = await gotham.accept(), await gotham.accept()
+    await gotham.data(sea, track="boat")
+    await until(lambda: len(client.data()) == 1)
+    [record] = client.data()
+    assert (record.meta.sub, record.meta.id) == ("sea", sea)
+    assert [e["errors"] for e in client.events(ledger.SERVER_ERROR)] == [
+        [{"error": "Malformed", "args": []}]
+    ]
+    assert stream_events(client) == [started("air", air), started("sea", sea)]
+    assert client.failures == []
+
+
+async def test_an_error_frame_with_no_subscribe_waiting_keeps_the_connection(
+    gotham: Gotham, connect: Connect
+) -> None:
+    gotham.auto = True
+    client = await connect({"air": AIR})
+    await until(lambda: bool(client.events(ledger.STREAM_STARTED)))
+    await gotham.send({"type": "error", "errors": [{"error": "Unrelated", "args": []}]})
+    [(_, sid)] = gotham.granted
+    await gotham.data(sid)
+    await until(lambda: len(client.data()) == 1)
+    assert len(gotham.connections) == 1
+    assert len(client.events(ledger.SERVER_ERROR)) == 1
+
+
+async def test_a_subscribe_never_answered_is_sent_again_on_a_new_connection(
+    gotham: Gotham, connect: Connect
+) -> None:
+    """A reply lost on the way would otherwise leave the name unsubscribed for good."""
+    client = await connect({"air": AIR}, reply_seconds=0.5)
+    await gotham.wait("subscribe", 1)  # never answered
+    await until(lambda: len(gotham.messages("subscribe", 1)) == 1, what="a resubscribe")
+    sid = await gotham.accept()
+    await gotham.data(sid)
+    await until(lambda: len(client.data()) == 1)
+    assert [e["id"] for e in client.events(ledger.STREAM_STARTED)] == [sid]
+    assert client.failures == []

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+import tomllib
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from connector.config import COMPRESSIONS, Config, load_config
 from connector.errors import ConfigError
+from connector.query import CLOCKWISE_NOTE
 from connector.secret import RedactFilter, Secret, TokenSource
+from connector.tables import show_toml
 
 SEED_POLYGON = """[
   {longitude = -77.05974824713265, latitude = 38.903335277742656},
@@ -186,13 +190,27 @@ def test_query_polygon_too_few_points(tmp_path: Path) -> None:
     ]
 
 
-def test_query_polygon_clockwise(tmp_path: Path) -> None:
-    assert sub_problems(tmp_path, poly(*reversed(CCW))) == [
-        "location polygon must be listed counter-clockwise"
+def test_query_polygon_zero_area(tmp_path: Path) -> None:
+    assert sub_problems(tmp_path, poly((0, 0), (1, 1), (2, 2), (0, 0))) == [
+        "location polygon has zero area"
     ]
 
 
-def test_query_seed_polygon_verbatim_is_clockwise(tmp_path: Path) -> None:
+def with_query(query: str) -> str:
+    text = VALID.replace(f"query = {{ location = {SEED_POLYGON} }}", f"query = {query}")
+    assert text != VALID
+    return text
+
+
+def test_query_polygon_clockwise_is_loaded_reversed(tmp_path: Path) -> None:
+    [sub] = load(tmp_path, with_query(poly(*reversed(CCW)))).subscriptions
+    assert sub.query == {"location": [{"longitude": x, "latitude": y} for x, y in CCW]}
+    assert sub.notes == (CLOCKWISE_NOTE,)
+    [sub] = load(tmp_path, with_query(poly(*CCW))).subscriptions
+    assert sub.notes == ()
+
+
+def test_query_seed_polygon_verbatim_is_clockwise_and_loads_as_its_reverse(tmp_path: Path) -> None:
     seed = (
         (-77.05974824713265, 38.903335277742656),
         (-77.06130631105295, 38.90278989613124),
@@ -200,9 +218,11 @@ def test_query_seed_polygon_verbatim_is_clockwise(tmp_path: Path) -> None:
         (-77.06011742685993, 38.905195387105344),
         (-77.05974824713265, 38.903335277742656),
     )
-    assert sub_problems(tmp_path, poly(*seed)) == [
-        "location polygon must be listed counter-clockwise"
-    ]
+    verbatim = load(tmp_path, with_query(poly(*seed)))
+    listed_ccw = load(tmp_path, VALID)  # SEED_POLYGON: the same ring, listed the other way
+    assert verbatim == listed_ccw  # what is sent (and backfilled with) is the same
+    assert verbatim.subscriptions[0].notes == (CLOCKWISE_NOTE,)
+    assert listed_ccw.subscriptions[0].notes == ()
 
 
 def test_query_coordinates_out_of_range(tmp_path: Path) -> None:
@@ -307,6 +327,145 @@ def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.toml", {})
     assert [k for k, _ in info.value.problems] == ["config"]
     assert problems(tmp_path, "[source\n").keys() == {"config"}
+
+
+# -- validate --show ----------------------------------------------------------------------------
+# A config that sets every key, none to its default: --show must carry each one.
+FULL = f"""
+[source]
+url = "wss://gotham.example.com:8443"
+observation_spec_id = "spec with spaces/ü"
+path = "/api/gotham/ws/v1/observations/{{observation_spec_id}}"
+token_file = "secrets/token"
+ca_file = "{{ca_file}}"
+rest_url = "https://rest.example.com"
+permessage_deflate = false
+max_message_bytes = 1000
+open_timeout = 1.5
+ping_interval = 2
+ping_timeout = 3.25
+reconnect_min_seconds = 0.1
+reconnect_max_seconds = 9
+auth_retry_seconds = 60
+allow_insecure = true
+
+[[subscriptions]]
+name = "dc"
+query = {{ location = {SEED_POLYGON} }}
+
+[[subscriptions]]
+name = "cw"
+query = {poly(*reversed(CCW))}
+
+[[subscriptions]]
+name = "ships"
+query = {{ time = {{ start = "2024-06-24T17:00:00.5Z" }}, property = {{ property = "crew", \
+values = [12, "12", true, 1.5] }} }}
+
+[[subscriptions]]
+name = "everything"
+query = {{}}
+
+[batch]
+max_rows = 7
+max_bytes = 8
+max_seconds = 0.25
+
+[sink]
+url = "memory://lake/x"
+storage_options = {{ anon = true, client_kwargs = {{ region_name = "eu" }} }}
+compression = "gzip"
+compression_level = 3
+row_group_rows = 9
+max_attempts = 2
+
+[state]
+dir = "somewhere/state"
+writer_id = "w2"
+fsync_seconds = 0
+max_spool_bytes = 200
+segment_bytes = 100
+
+[backfill]
+enabled = false
+max_window = "6h"
+page_size = 50
+overlap_seconds = 0
+tracks = "subscription"
+
+[log]
+level = "debug"
+format = "json"
+heartbeat_seconds = 5
+
+[metrics]
+enabled = true
+host = "0.0.0.0"
+port = 0
+"""
+
+
+def full(tmp_path: Path) -> str:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not checked offline beyond existing")
+    return FULL.replace("{ca_file}", str(ca))
+
+
+def test_show_loads_back_into_the_same_config(tmp_path: Path) -> None:
+    env = {"GOTHAM_CONNECTOR__BATCH__MAX_ROWS": "11", "GOTHAM_CONNECTOR__LOG__LEVEL": "warning"}
+    cfg = load(tmp_path, full(tmp_path), env)
+    for name in (f.name for f in fields(cfg) if f.name != "subscriptions"):
+        section = getattr(cfg, name)
+        required = {"url": "ws://x", "observation_spec_id": "x"} if name == "source" else {}
+        default = type(section)(**required)
+        unset = [
+            f.name for f in fields(section) if getattr(section, f.name) == getattr(default, f.name)
+        ]
+        assert unset == [], f"full() leaves {type(section).__name__} keys at their default"
+    shown = show_toml(cfg)
+    assert (cfg.batch.max_rows, cfg.log.level) == (11, "warning")  # the environment counts
+    again = load_config(write(tmp_path, shown), {})
+    assert again == cfg
+    # The clockwise ring is shown as sent: loading it back needs no reversal.
+    assert [s.notes for s in cfg.subscriptions] == [(), (CLOCKWISE_NOTE,), (), ()]
+    assert [s.notes for s in again.subscriptions] == [(), (), (), ()]
+
+
+def test_show_includes_defaults(tmp_path: Path) -> None:
+    shown = show_toml(load(tmp_path, VALID))
+    for line in ("max_message_bytes = 268435456", 'tracks = "all"', 'token_env = "GOTHAM_TOKEN"'):
+        assert line in shown.splitlines()
+    assert load_config(write(tmp_path, shown), {}) == load(tmp_path, VALID)
+
+
+def test_show_redacts_credentials(tmp_path: Path) -> None:
+    text = VALID.replace(
+        "storage_options = { }",
+        'storage_options = { key = "AKIAEXAMPLEID", secret = "s3-secret-value", token = "sess-tok",'
+        ' endpoint_url = "http://minio:pw-in-url@minio:9000", client_kwargs = {'
+        ' aws_secret_access_key = "nested-secret", region_name = "eu-west-1" },'
+        ' password = "pw-value", account_key = "az-key", use_ssl = false }',
+    ).replace('url = "./landing"', 'url = "ftp://lake:ftp-password@ftp.example.com/landing"')
+    cfg = load(tmp_path, text, {"GOTHAM_CONNECTOR__SINK__STORAGE_OPTIONS__SAS_TOKEN": "sas-val"})
+    shown = show_toml(cfg)
+    for secret in (
+        "AKIAEXAMPLEID", "s3-secret-value", "sess-tok", "pw-in-url", "nested-secret", "pw-value",
+        "az-key", "ftp-password", "sas-val",
+    ):  # fmt: skip
+        assert secret not in shown
+    options = tomllib.loads(shown)["sink"]["storage_options"]
+    assert options == {
+        "key": "***",
+        "secret": "***",
+        "token": "***",
+        "endpoint_url": "http://minio:***@minio:9000",
+        "client_kwargs": {"aws_secret_access_key": "***", "region_name": "eu-west-1"},
+        "password": "***",
+        "account_key": "***",
+        "use_ssl": False,
+        "sas_token": "***",
+    }
+    assert tomllib.loads(shown)["sink"]["url"] == "ftp://lake:***@ftp.example.com/landing"
 
 
 # -- the token ------------------------------------------------------------------------------------

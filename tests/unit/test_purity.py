@@ -47,6 +47,8 @@ RECEIVING = [
     "spool",
     "checkpoint",
     "backfill",
+    "metrics",
+    "health",
 ]
 HEAVY = {"pyarrow", "fsspec", "duckdb"}
 PACKAGE = Path(importlib.util.find_spec("connector").origin).parent  # type: ignore[union-attr, arg-type]

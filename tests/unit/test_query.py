@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
-from connector.query import matches, point_in_polygon, signed_area, validate_query
+from connector.query import (
+    CLOCKWISE_NOTE,
+    counter_clockwise,
+    matches,
+    point_in_polygon,
+    signed_area,
+    validate_query,
+)
 
 CASES = Path(__file__).resolve().parents[1] / "cases"
 SQUARE = [
@@ -36,9 +43,10 @@ def test_golden_polygons() -> None:
     if not (path.is_file() and seed.is_file()):
         pytest.skip("golden frames not present yet")
     assert validate_query(json.loads(path.read_text())["query"]) == []
-    assert validate_query(json.loads(seed.read_text())["query"]) == [
-        "location polygon must be listed counter-clockwise"
-    ]
+    # Palantir's websocket example is clockwise: valid, and sent reversed.
+    seed_query = json.loads(seed.read_text())["query"]
+    assert validate_query(seed_query) == []
+    assert counter_clockwise(seed_query)[1] == [CLOCKWISE_NOTE]
 
 
 @pytest.mark.parametrize(
@@ -73,9 +81,18 @@ def test_golden_polygons() -> None:
             {"location": SQUARE[:4]},
             ["location polygon is not closed (first point must equal last point)"],
         ),
+        ({"location": list(reversed(SQUARE))}, []),  # clockwise: reversed, not refused
         (
-            {"location": list(reversed(SQUARE))},
-            ["location polygon must be listed counter-clockwise"],
+            {"location": list(reversed(SQUARE))[:4]},
+            ["location polygon is not closed (first point must equal last point)"],
+        ),
+        (
+            {"location": [SQUARE[0], SQUARE[1], SQUARE[1], SQUARE[0]]},
+            ["location polygon has zero area"],
+        ),
+        (
+            {"location": [SQUARE[0], SQUARE[1], SQUARE[2], SQUARE[1], SQUARE[0]]},
+            ["location polygon has zero area"],  # there and back: no inside
         ),
         ({"time": {}}, ["time must be a table with start and/or end"]),
         ({"time": {"start": "2024-01-01T00:00:00Z", "until": 1}}, ["time has unknown key 'until'"]),
@@ -105,6 +122,55 @@ def test_signed_area_orientation() -> None:
     coords = [(p["longitude"], p["latitude"]) for p in SQUARE]
     assert signed_area(coords) == 100.0
     assert signed_area(list(reversed(coords))) == -100.0
+
+
+def area(query: dict[str, Any]) -> float:
+    return signed_area([(p["longitude"], p["latitude"]) for p in query["location"]])
+
+
+# The seed page's clockwise example, a clockwise concave "U", and a clockwise triangle.
+CLOCKWISE = [
+    json.loads((CASES / "subscribe_seed_polygon.json").read_text())["query"]["location"],
+    [
+        {"longitude": x, "latitude": y}
+        for x, y in [(0, 0), (0, 3), (1, 3), (1, 1), (2, 1), (2, 3), (3, 3), (3, 0), (0, 0)]
+    ],
+    [SQUARE[0], SQUARE[2], SQUARE[1], SQUARE[0]],
+]
+
+
+@pytest.mark.parametrize("ring", CLOCKWISE)
+def test_clockwise_ring_is_reversed_to_the_same_area(ring: list[dict[str, float]]) -> None:
+    query = {"location": ring, "time": {"start": "2024-01-01T00:00:00Z"}}
+    assert area(query) < 0
+    sent, notes = counter_clockwise(query)
+    assert notes == [CLOCKWISE_NOTE]
+    assert area(sent) == pytest.approx(-area(query), rel=1e-12)
+    assert sent["location"] == ring[::-1]  # the same points, closed at the same one
+    assert sent["time"] == query["time"]  # the rest of the query is untouched
+    assert validate_query(sent) == []
+    assert counter_clockwise(sent) == (sent, [])  # idempotent
+    assert query["location"] == ring  # pure: the caller's query is not changed
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {},
+        {"location": SQUARE},
+        {"location": CLOCKWISE[0][::-1]},
+        {"time": {"end": "2024-01-01T00:00:00Z"}},
+    ],
+)
+def test_counter_clockwise_leaves_what_needs_no_reversal(query: dict[str, Any]) -> None:
+    assert counter_clockwise(query) == (query, [])
+
+
+def test_reversal_keeps_what_matches() -> None:
+    clockwise = {"location": CLOCKWISE[1]}
+    sent = counter_clockwise(clockwise)[0]
+    for lon, lat in [(0.5, 2.5), (2.5, 2.5), (1.5, 2.5), (1.5, 0.5), (4, 1)]:
+        assert matches(sent, obs(lon, lat)) is matches(clockwise, obs(lon, lat))
 
 
 @pytest.mark.parametrize(
