@@ -53,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     demo_parser = commands.add_parser("demo", help="simulator + connector + DuckDB summary")
     demo_cmd.add_arguments(demo_parser)
 
+    from connector import sqlshell
+
+    sql_parser = commands.add_parser("sql", help="query the landing zone with DuckDB")
+    sqlshell.add_arguments(sql_parser)
+
     args = parser.parse_args(argv)
     if args.command == "schema":
         from connector.schema import schema_json
@@ -71,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     if args.command == "validate":
         return _validated(cfg, args.config, args.show)
+    if args.command == "sql":
+        return sqlshell.run(cfg, args)
     logs.setup(cfg.log.level, cfg.log.format)
     return run_connector(cfg, args.config)
 
