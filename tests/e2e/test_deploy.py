@@ -82,3 +82,33 @@ def test_example_config_validates() -> None:
         timeout=60,
     )
     assert out.returncode == 0, out.stderr
+
+
+def test_compose_metrics_profile_scrapes_the_connector() -> None:
+    services = compose()["services"]
+    # Only Prometheus is optional: a plain `docker compose up` starts what it always did.
+    assert {name for name, s in services.items() if "profiles" in s} == {"prometheus"}
+    prometheus = services["prometheus"]
+    assert prometheus["profiles"] == ["metrics"]
+    image, _, tag = prometheus["image"].partition(":")
+    assert image == "prom/prometheus" and tag and tag != "latest"
+    assert "connector" in prometheus["depends_on"]
+    [config_mount] = [v for v in prometheus["volumes"] if ":/etc/prometheus/prometheus.yml" in v]
+    host_path = ROOT / config_mount.split(":")[0]
+    assert config_mount.endswith(":ro") and host_path.is_file()
+    # The connector serves metrics on every interface of its container (from the environment).
+    connector = services["connector"]
+    cfg = load_config(ROOT / "examples" / "connector.toml", environ=connector["environment"])
+    assert (cfg.metrics.enabled, cfg.metrics.host) == (True, "0.0.0.0")
+    # Prometheus scrapes exactly that: the connector service's name and metrics port.
+    scrape = yaml.safe_load(host_path.read_text())
+    [job] = scrape["scrape_configs"]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    assert job.get("scheme", "http") == "http"
+    [static] = job["static_configs"]
+    assert static["targets"] == [f"connector:{cfg.metrics.port}"]
+    # The host sees the same endpoints on loopback, and compose's health check asks /healthz.
+    assert f"127.0.0.1:{cfg.metrics.port}:{cfg.metrics.port}" in connector["ports"]
+    check = " ".join(connector["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{cfg.metrics.port}/healthz" in check
+    assert "prometheus-data" in compose()["volumes"]
