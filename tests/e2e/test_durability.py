@@ -6,6 +6,7 @@ subscription's query, between the first subscribe and the final unsubscribe.
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import time
@@ -92,6 +93,16 @@ def sim_options() -> Any:
     return SimulatorOptions(token=TOKEN, tracks=40, rate=300.0, batch=30, seed=11)
 
 
+def _gaps_pending(dep: Deployment) -> bool:
+    """Whether the checkpoint still holds gaps for backfill to settle (each restart's backfill
+    begins again with them: on a loaded machine, the last run needs longer than a fixed wait)."""
+    try:
+        state = json.loads((dep.state / "checkpoint.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return True
+    return any(sub["pending_gaps"] for sub in state["subscriptions"].values())
+
+
 def _chaos(dep: Deployment, kills: int, seed: int) -> None:
     rng = random.Random(seed)
     proc = dep.start()
@@ -101,6 +112,7 @@ def _chaos(dep: Deployment, kills: int, seed: int) -> None:
         proc.wait(10)
         proc = dep.start()
     time.sleep(5)
+    wait_for(lambda: not _gaps_pending(dep), timeout=60)
     code, err = dep.stop(proc, timeout=30)
     assert code == 0, err
 
@@ -117,16 +129,24 @@ def test_sigkill_chaos_with_backfill_loses_and_duplicates_nothing(
     assert counts["everything"] > 1000
     events = deployment.ledger()
     gaps = {
-        (e["subscription"], e["gap_start"], e["gap_end"]) for e in events if e["event"] == "gap"
+        (e["subscription"], _us(e["gap_start"]), _us(e["gap_end"]))
+        for e in events
+        if e["event"] == "gap"
     }
-    healed = {
-        (e["subscription"], e["gap_start"], e["gap_end"])
+    healed = [
+        (e["subscription"], _us(e["window_start"]), _us(e["window_end"]))
         for e in events
         if e["event"] == "backfill" and e["outcome"] == "ok"
-    }
-    # Kills before the resubscribe merge into one longer gap, so fewer gaps than kills is right.
+    ]
+    # Kills before the resubscribe merge into one longer gap, so fewer gaps than kills is right;
+    # a kill between a gap's ledger record and its checkpoint records it again, longer.
     assert len(gaps) >= 3 * len(SUBSCRIPTIONS)
-    assert gaps <= healed, gaps - healed
+    unhealed = {
+        (sub, start, end)
+        for sub, start, end in gaps
+        if not any(s == sub and lo <= start and end <= hi for s, lo, hi in healed)
+    }
+    assert not unhealed, unhealed
     origins = dict(deployment.sql("SELECT origin, count(*) FROM obs GROUP BY origin"))
     assert origins.get("backfill", 0) > 0 and origins.get("stream", 0) > 0
 
