@@ -27,13 +27,11 @@ from tenacity import (
 
 from connector import ledger
 from connector.config import Config, Subscription
-from connector.errors import AuthError, Transient
+from connector.errors import Transient
 from connector.gaps import Gap
 from connector.identity import Identity, identity
 from connector.intake import now_us
-from connector.oauth2 import Tokens, TokenUnavailable, tokens_for
 from connector.query import matches
-from connector.secret import Secret
 from connector.spool import RecordMeta
 from connector.timeparse import format_us, parse_timestamp_us
 
@@ -53,10 +51,6 @@ class RestUnavailable(Transient):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-
-
-class RestUnauthorized(RestUnavailable):
-    """401: the token expired in flight, or a rotation is under way; retried like a 503."""
 
 
 @dataclass
@@ -79,10 +73,9 @@ class BackfillPort:
 
 
 class Backfiller:
-    def __init__(self, cfg: Config, port: BackfillPort, tokens: Tokens | None = None) -> None:
+    def __init__(self, cfg: Config, port: BackfillPort) -> None:
         self.cfg = cfg
         self.port = port
-        self._tokens = tokens or tokens_for(cfg.source)
         self._queue: asyncio.Queue[Gap] = asyncio.Queue()
 
     def on_gap(self, gap: Gap) -> None:
@@ -139,13 +132,7 @@ class Backfiller:
             except RestRefused as exc:
                 self._record(gap, start, end, "refused", error=str(exc), **counts)
                 return True
-            except (
-                RestUnavailable,
-                aiohttp.ClientError,
-                TimeoutError,
-                TokenUnavailable,
-                AuthError,  # the token endpoint refused the client: the session decides
-            ) as exc:
+            except (RestUnavailable, aiohttp.ClientError, TimeoutError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 self._record(gap, start, end, "failed", error=error, **counts)
                 return False
@@ -252,33 +239,21 @@ class Backfiller:
             reraise=True,
         ):
             with attempt:
-                token = await self._tokens.get()
-                try:
-                    return await _post(session, url, body, token)
-                except RestUnauthorized:
-                    # Expired in flight: one try with a fresh token before it counts.
-                    if not await self._tokens.refused(token):
-                        raise
-                return await _post(session, url, body, await self._tokens.get())
+                token = self.cfg.source.token.load()
+                headers = {"Authorization": f"Bearer {token.reveal()}"}
+                timeout = aiohttp.ClientTimeout(total=60)
+                async with session.post(url, json=body, headers=headers, timeout=timeout) as resp:
+                    if resp.status in (429, 500, 502, 503, 504):
+                        raise RestUnavailable(
+                            f"HTTP {resp.status} from history search", _retry_after(resp)
+                        )
+                    if resp.status in (401, 403):
+                        # Possibly a rotation in progress: the gap is retried later, not dropped.
+                        raise RestUnavailable(f"HTTP {resp.status}: {await _error_name(resp)}")
+                    if resp.status >= 400:
+                        raise RestRefused(f"HTTP {resp.status}: {await _error_name(resp)}")
+                    return await resp.json(loads=msgspec.json.decode)
         raise AssertionError("unreachable")
-
-
-async def _post(
-    session: aiohttp.ClientSession, url: str, body: dict[str, Any], token: Secret
-) -> Any:
-    headers = {"Authorization": f"Bearer {token.reveal()}"}
-    timeout = aiohttp.ClientTimeout(total=60)
-    async with session.post(url, json=body, headers=headers, timeout=timeout) as resp:
-        if resp.status in (429, 500, 502, 503, 504):
-            raise RestUnavailable(f"HTTP {resp.status} from history search", _retry_after(resp))
-        if resp.status == 401:
-            raise RestUnauthorized(f"HTTP 401: {await _error_name(resp)}")
-        if resp.status == 403:
-            # Possibly a rotation in progress: the gap is retried later, not dropped.
-            raise RestUnavailable(f"HTTP 403: {await _error_name(resp)}")
-        if resp.status >= 400:
-            raise RestRefused(f"HTTP {resp.status}: {await _error_name(resp)}")
-        return await resp.json(loads=msgspec.json.decode)
 
 
 def _select(fetched: list[Any], query: dict[str, Any], start: int, end: int) -> list[Any]:
