@@ -29,7 +29,7 @@ class FlushSettings:
     writer_id: str
     compression: str = "zstd"
     compression_level: int | None = None
-    row_group_rows: int = 25_000
+    row_group_rows: int = 10_000
 
 
 @dataclass(frozen=True)

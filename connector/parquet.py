@@ -13,7 +13,7 @@ def encode(
     *,
     compression: str,
     level: int | None = None,
-    row_group_rows: int = 25_000,
+    row_group_rows: int = 10_000,
     order: pa.Array | None = None,
 ) -> pa.Buffer:
     """The file's bytes. With `order` (row indices), rows are written in that order, taken a
