@@ -7,7 +7,7 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check
 RUNTIME := $(VENV)/.installed-runtime
 DEV := $(VENV)/.installed-dev
 
-.PHONY: demo test lint typecheck bench soak clean
+.PHONY: demo test lint typecheck bench soak fuzz clean
 
 # connector/_native.c is compiled by the install: an edit to it must rebuild.
 $(RUNTIME): pyproject.toml constraints.txt connector/_native.c
@@ -50,6 +50,12 @@ bench: $(BENCH_VENV)/.installed
 # Ten minutes at a steady rate: RSS slope, spool size, landing lag (benchmarks/results/soak.*).
 soak: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python benchmarks/soak.py
+
+# The live fuzzer at length: generated hostile frames through a real connector against the
+# simulator (5,000 examples: ~7.5 min and ~1 GB on 2 cores). `make test` runs 200.
+FUZZ_EXAMPLES ?= 5000
+fuzz: $(DEV)
+	GOTHAM_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/pytest -s -o timeout=0 tests/e2e/test_fuzz.py
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) landing .demo-state .pytest_cache .mypy_cache .ruff_cache

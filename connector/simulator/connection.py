@@ -68,9 +68,11 @@ class _Reply:
 
 @dataclass
 class _Frame:
-    text: str
+    text: str | bytes  # bytes: injected verbatim, not necessarily UTF-8
     sub: Subscription | None = None
     count: int = 0
+    binary: bool = False
+    on_sent: Callable[[], None] | None = None
 
 
 def malformed(reason: str) -> dict[str, Any]:
@@ -129,6 +131,13 @@ class Connection:
 
     def send_raw(self, text: str) -> None:
         self._out.put_nowait(_Frame(text))
+
+    def send_bytes(
+        self, data: bytes, binary: bool = False, on_sent: Callable[[], None] | None = None
+    ) -> None:
+        """Queue `data` as one frame, byte for byte: a text frame's bytes are not checked to be
+        UTF-8 (what a hostile or broken server may send). `on_sent` runs once it is written."""
+        self._out.put_nowait(_Frame(data, binary=binary, on_sent=on_sent))
 
     async def drop(
         self, mode: str, code: int = DROP_CLOSE_CODE, reason: str = "simulated drop"
@@ -232,9 +241,15 @@ class Connection:
             if frame.sub is not None and not frame.sub.active:
                 continue
             try:
-                await self.ws.send_str(frame.text)
+                if isinstance(frame.text, bytes):
+                    opcode = WSMsgType.BINARY if frame.binary else WSMsgType.TEXT
+                    await self.ws.send_frame(frame.text, opcode)
+                else:
+                    await self.ws.send_str(frame.text)
             except ConnectionError:
                 return
+            if frame.on_sent is not None:
+                frame.on_sent()
             if frame.sub is None:
                 continue
             self.data_messages += 1

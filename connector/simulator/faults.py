@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +24,7 @@ ACTIONS = (
     "pause",
     "resume",
     "set_token",
+    "send_frames",
 )
 REST_STATUSES = (401, 429, 503)
 
@@ -43,11 +46,27 @@ def check_action(action: object) -> dict[str, Any]:
             raise ValueError("error must be a string")
     if name == "set_token" and not (isinstance(action.get("token"), str) and action["token"]):
         raise ValueError("token must be a non-empty string")
+    if name == "send_frames":
+        injected_frames(action)
     if name == "rest_status":
         _number(action, "count", default=1)
         if action.get("status") not in REST_STATUSES:
             raise ValueError(f"status must be one of {REST_STATUSES}")
     return action
+
+
+def injected_frames(action: dict[str, Any]) -> list[bytes]:
+    """The raw bytes of a `send_frames` action: `frames` is a list of base64 strings, sent
+    as they are (invalid UTF-8 too) in text frames, or binary ones with `"binary": true`."""
+    frames = action.get("frames")
+    if not isinstance(frames, list) or not all(isinstance(f, str) for f in frames):
+        raise ValueError("frames must be a list of base64 strings")
+    if not isinstance(action.get("binary", False), bool):
+        raise ValueError("binary must be a boolean")
+    try:
+        return [base64.b64decode(f, validate=True) for f in frames]
+    except binascii.Error as exc:
+        raise ValueError(f"frames must be a list of base64 strings: {exc}") from None
 
 
 def _number(action: dict[str, Any], key: str, default: float | None = None) -> float:

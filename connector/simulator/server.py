@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from connector.simulator.connection import GOING_AWAY_CODE, Connection, Hooks, Subscription
-from connector.simulator.faults import FaultState, check_action
+from connector.simulator.faults import FaultState, check_action, injected_frames
 from connector.simulator.generator import Generated, Generator
 from connector.simulator.history import History, PageStore
 from connector.simulator.options import SimulatorOptions
@@ -58,6 +58,7 @@ class Simulator:
         self.sent_total = 0
         self.messages_sent = 0
         self.rest_calls = 0
+        self.injected_sent = 0  # frames of `send_frames` actions written to a socket
         self._rest: RestApi | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -175,6 +176,11 @@ class Simulator:
         elif name == "unknown_subscription":
             for conn in conns:
                 conn.send_raw(self._orphan_data(conn.spec))
+        elif name == "send_frames":
+            binary, frames = bool(action.get("binary", False)), injected_frames(action)
+            for conn in conns:
+                for data in frames:
+                    conn.send_bytes(data, binary, self._injected)
         elif name == "large":
             self._spawn(self._send_large(int(action["bytes"])))
         elif name == "set_token":
@@ -331,6 +337,9 @@ class Simulator:
             return True
         chance = self.options.drop_random
         return bool(chance) and self._drop_rng.random() < chance
+
+    def _injected(self) -> None:
+        self.injected_sent += 1
 
     def _count_rest(self) -> None:
         self.rest_calls += 1

@@ -99,3 +99,7 @@ class SimulatorThread:
 
     def inject(self, action: dict[str, Any]) -> None:
         self._call(lambda: self.simulator.inject(action))
+
+    def injected_sent(self) -> int:
+        """Frames of `send_frames` actions written to a socket so far."""
+        return self._call(lambda: self.simulator.injected_sent)
