@@ -27,11 +27,13 @@ from tenacity import (
 
 from connector import ledger
 from connector.config import Config, Subscription
-from connector.errors import Transient
+from connector.errors import AuthError, Transient
 from connector.gaps import Gap
 from connector.identity import Identity, identity
 from connector.intake import now_us
+from connector.oauth2 import Tokens, TokenUnavailable, tokens_for
 from connector.query import matches
+from connector.secret import Secret
 from connector.spool import RecordMeta
 from connector.timeparse import format_us, parse_timestamp_us
 
@@ -51,6 +53,15 @@ class RestUnavailable(Transient):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class RestUnauthorized(RestUnavailable):
+    """401: the token expired in flight, or a rotation is under way; retried like a 503."""
+
+
+# Failures after which the gap is retried later. AuthError: the token endpoint refused the
+# client (the session decides whether that ends the run).
+_TRY_LATER = (RestUnavailable, aiohttp.ClientError, TimeoutError, TokenUnavailable, AuthError)
 
 
 @dataclass
@@ -73,9 +84,10 @@ class BackfillPort:
 
 
 class Backfiller:
-    def __init__(self, cfg: Config, port: BackfillPort) -> None:
+    def __init__(self, cfg: Config, port: BackfillPort, tokens: Tokens | None = None) -> None:
         self.cfg = cfg
         self.port = port
+        self._tokens = tokens or tokens_for(cfg.source)
         self._queue: asyncio.Queue[Gap] = asyncio.Queue()
 
     def on_gap(self, gap: Gap) -> None:
@@ -132,7 +144,7 @@ class Backfiller:
             except RestRefused as exc:
                 self._record(gap, start, end, "refused", error=str(exc), **counts)
                 return True
-            except (RestUnavailable, aiohttp.ClientError, TimeoutError) as exc:
+            except _TRY_LATER as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 self._record(gap, start, end, "failed", error=error, **counts)
                 return False
@@ -239,21 +251,33 @@ class Backfiller:
             reraise=True,
         ):
             with attempt:
-                token = self.cfg.source.token.load()
-                headers = {"Authorization": f"Bearer {token.reveal()}"}
-                timeout = aiohttp.ClientTimeout(total=60)
-                async with session.post(url, json=body, headers=headers, timeout=timeout) as resp:
-                    if resp.status in (429, 500, 502, 503, 504):
-                        raise RestUnavailable(
-                            f"HTTP {resp.status} from history search", _retry_after(resp)
-                        )
-                    if resp.status in (401, 403):
-                        # Possibly a rotation in progress: the gap is retried later, not dropped.
-                        raise RestUnavailable(f"HTTP {resp.status}: {await _error_name(resp)}")
-                    if resp.status >= 400:
-                        raise RestRefused(f"HTTP {resp.status}: {await _error_name(resp)}")
-                    return await resp.json(loads=msgspec.json.decode)
+                token = await self._tokens.get()
+                try:
+                    return await _post(session, url, body, token)
+                except RestUnauthorized:
+                    # Expired in flight: one try with a fresh token before it counts.
+                    if not await self._tokens.refused(token):
+                        raise
+                return await _post(session, url, body, await self._tokens.get())
         raise AssertionError("unreachable")
+
+
+async def _post(
+    session: aiohttp.ClientSession, url: str, body: dict[str, Any], token: Secret
+) -> Any:
+    headers = {"Authorization": f"Bearer {token.reveal()}"}
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with session.post(url, json=body, headers=headers, timeout=timeout) as resp:
+        if resp.status in (429, 500, 502, 503, 504):
+            raise RestUnavailable(f"HTTP {resp.status} from history search", _retry_after(resp))
+        if resp.status == 401:
+            raise RestUnauthorized(f"HTTP 401: {await _error_name(resp)}")
+        if resp.status == 403:
+            # Possibly a rotation in progress: the gap is retried later, not dropped.
+            raise RestUnavailable(f"HTTP 403: {await _error_name(resp)}")
+        if resp.status >= 400:
+            raise RestRefused(f"HTTP {resp.status}: {await _error_name(resp)}")
+        return await resp.json(loads=msgspec.json.decode)
 
 
 def _select(fetched: list[Any], query: dict[str, Any], start: int, end: int) -> list[Any]:

@@ -33,6 +33,7 @@ from connector.intake import Intake, now_us
 from connector.jobs import FlushSettings, Identity, SinkSpec
 from connector.layout import hour_dirs
 from connector.metrics import Metrics
+from connector.oauth2 import tokens_for
 from connector.session import Session
 from connector.spool import DATA, RecordMeta, Spool
 from connector.statedir import StateDirLock
@@ -91,6 +92,8 @@ class Runner:
         self.committer = Committer(self.intake, self.converter, self._store, self.cp, self.metrics)
         self.intake.connect(self.committer.submit)
         subscriptions = {s.name: s for s in cfg.subscriptions}
+        # One token source for the socket and REST: an OAuth2 token is fetched once for both.
+        self.tokens = tokens_for(cfg.source, self.metrics)
         self.session = Session(
             cfg.source,
             subscriptions,
@@ -99,10 +102,13 @@ class Runner:
             self.stopping,
             self._fail,
             self.metrics,
+            tokens=self.tokens,
         )
         self._watch_state()
         self.health: HealthServer | None = None
-        self.backfiller = Backfiller(cfg, self._backfill_port()) if cfg.backfill.enabled else None
+        self.backfiller = (
+            Backfiller(cfg, self._backfill_port(), self.tokens) if cfg.backfill.enabled else None
+        )
         if self.backfiller is not None:
             self.coverage.hooks.append(self.backfiller.on_gap)
         self._fatal: ConnectorError | None = None
@@ -157,6 +163,7 @@ class Runner:
         if self.cfg.log.heartbeat_seconds:
             self.watch(heartbeat(self.metrics, self.cfg.log.heartbeat_seconds), "heartbeat")
         self.watch(self.intake.run(), "intake")
+        self.watch(self.tokens.run(), "tokens")
         try:
             await self.session.run()
         finally:
@@ -179,6 +186,7 @@ class Runner:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.tokens.close()
         self.converter.close()
         self.intake.close()
         self.cp.last_seen_us = max(self.cp.last_seen_us, self.intake.last_frame_us)

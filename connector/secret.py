@@ -57,7 +57,7 @@ class TokenSource:
                 raise ConfigError.single(key, f"environment variable {self.env} is not set")
         if not value:
             raise ConfigError.single(key, "the token is empty")
-        if any(ord(c) < 0x21 or ord(c) > 0x7E or c in _SEPARATORS for c in value):
+        if not subprotocol_safe(value):
             # Printing the offending character would leak part of the token.
             raise ConfigError.single(
                 key,
@@ -68,6 +68,13 @@ class TokenSource:
         return Secret(value)
 
 
+def subprotocol_safe(value: str) -> bool:
+    """Whether `Bearer-<value>` can travel in the Sec-WebSocket-Protocol header."""
+    return bool(value) and not any(
+        ord(c) < 0x21 or ord(c) > 0x7E or c in _SEPARATORS for c in value
+    )
+
+
 class RedactFilter(logging.Filter):
     """Last line of defence: any log record that somehow contains a known token is scrubbed."""
 
@@ -76,6 +83,11 @@ class RedactFilter(logging.Filter):
     @classmethod
     def register(cls, token: str) -> None:
         cls._tokens.add(token)
+
+    @classmethod
+    def forget(cls, token: str) -> None:
+        """Stop scrubbing a token long expired (a connector fetches one every hour, for years)."""
+        cls._tokens.discard(token)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not self._tokens:

@@ -13,8 +13,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
@@ -25,6 +25,7 @@ from connector.coverage import Coverage
 from connector.errors import AuthError, ConnectorError, QueryError, describe
 from connector.intake import Intake, now_us
 from connector.metrics import Metrics
+from connector.oauth2 import Tokens, TokenUnavailable, tokens_for
 from connector.protocol import (
     Data,
     Malformed,
@@ -34,10 +35,12 @@ from connector.protocol import (
     SubscribeFailed,
     UnknownData,
 )
+from connector.secret import Secret
 from connector.source import HandshakeFailed, open_stream
 from connector.spool import DATA, DEAD, RecordMeta
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 HEALTHY_SESSION_SECONDS = 30.0
 DRAIN_SECONDS = 3.0  # at most, reading what was sent before our unsubscribe arrived
@@ -58,8 +61,10 @@ class Session:
         fail: Callable[[ConnectorError], None],
         metrics: Metrics | None = None,
         reply_seconds: float = REPLY_SECONDS,
+        tokens: Tokens | None = None,
     ) -> None:
         self.source = source
+        self._credentials = tokens or tokens_for(source, metrics)
         self.subscriptions = dict(subscriptions)
         self.reconnects = 0
         self.connected = False
@@ -86,7 +91,7 @@ class Session:
         auth_failing_since: float | None = None
         while not self._stopping.is_set():
             try:
-                ws = await open_stream(self.source, self.source.token.load())
+                opened = await self._open()
             except AuthError as exc:
                 now = time.monotonic()
                 auth_failing_since = auth_failing_since or now
@@ -95,23 +100,67 @@ class Session:
                     return
                 await self._pause(backoff.next(), f"{exc}; retrying")
                 continue
-            except HandshakeFailed as exc:
+            except (HandshakeFailed, TokenUnavailable) as exc:
                 await self._pause(backoff.next(), f"{exc}; reconnecting")
                 continue
             except ConnectorError as exc:  # token missing/unreadable: a config problem
                 self._fail(exc)
                 return
+            if opened is None:  # stopped while connecting
+                return
+            ws, token = opened
             auth_failing_since = None
             started = time.monotonic()
             log.info("connected to %s", self.source.ws_url)
             await self._session(ws)
             self._first = False
-            if time.monotonic() - started > HEALTHY_SESSION_SECONDS:
+            # A socket the server closed because its token expired is expected (hourly with
+            # OAuth2): reconnect at once with the fresh token, the gap goes to backfill.
+            expired = self._credentials.superseded(token)
+            if expired or time.monotonic() - started > HEALTHY_SESSION_SECONDS:
                 backoff.reset()
             if not self._stopping.is_set():
                 self.reconnects += 1
                 self._metrics.reconnects.inc()
-                await self._pause(backoff.next(), "reconnecting")
+                if expired:
+                    log.info("the socket's access token expired or was renewed: reconnecting now")
+                else:
+                    await self._pause(backoff.next(), "reconnecting")
+
+    async def _open(self) -> tuple[ClientConnection, Secret] | None:
+        """Connect with the current token; None when a stop came while waiting for one."""
+        token = await self._unless_stopping(self._credentials.get())
+        if token is None:
+            return None
+        try:
+            return await open_stream(self.source, token), token
+        except AuthError:
+            # Expired or revoked in flight: one try with a fresh token before it counts.
+            renewed = await self._unless_stopping(self._credentials.refused(token))
+            if renewed is None:
+                return None
+            if not renewed:
+                raise
+        log.info("the server refused the access token: trying once more with a new one")
+        token = await self._unless_stopping(self._credentials.get())
+        if token is None:
+            return None
+        return await open_stream(self.source, token), token
+
+    async def _unless_stopping(self, step: Awaitable[T]) -> T | None:
+        """`step`'s result, or None when a stop comes first: a token endpoint outage is
+        retried for a minute, and a stop must not wait for that."""
+        task = asyncio.ensure_future(step)
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        return None if task.cancelled() else task.result()
 
     @property
     def active(self) -> set[str]:

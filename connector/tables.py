@@ -3,6 +3,7 @@ and back, for `validate --show`. Pure; `connector.config` builds the sections wi
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from collections.abc import Mapping
@@ -86,7 +87,20 @@ def _convert(kind: str, value: Any) -> tuple[bool, Any]:
         return ok, value
     if kind == "table":
         return isinstance(value, dict), value
+    if kind == "list of strings":
+        ok = isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+        return ok, tuple(value) if ok else value
     raise AssertionError(kind)
+
+
+def loopback(host: str | None) -> bool:
+    """Whether `host` is this machine: cleartext to it leaves no wire to be read from."""
+    if host in ("localhost", "::1"):
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
 
 
 def env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> None:
@@ -122,7 +136,9 @@ def effective_tables(cfg: Config) -> dict[str, Any]:
     source, sink = tables["source"], tables["sink"]
     # The config says where the token lives (a variable's name or a file), never the token.
     token = source.pop("token")
-    if "file" in token:
+    if "client_id" in token:  # [source.oauth2]: names of where the client secret lives
+        source["oauth2"] = token
+    elif "file" in token:
         source["token_file"] = token["file"]
     else:
         source["token_env"] = token["env"]

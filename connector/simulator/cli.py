@@ -39,6 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drop-random", type=float, default=defaults.drop_random)
     parser.add_argument("--refuse-seconds", type=float, default=defaults.refuse_seconds)
     parser.add_argument("--no-compression", action="store_true")
+    parser.add_argument(
+        "--client-id",
+        default=None,
+        help="serve the OAuth2 token endpoint for this client id (secret: $GOTHAM_CLIENT_SECRET)",
+    )
+    parser.add_argument(
+        "--token-expires-in", type=float, default=defaults.token_expires_in, help="seconds"
+    )
 
 
 def options_from(args: argparse.Namespace) -> SimulatorOptions:
@@ -58,6 +66,10 @@ def options_from(args: argparse.Namespace) -> SimulatorOptions:
         drop_random=args.drop_random,
         refuse_seconds=args.refuse_seconds,
         compression=not args.no_compression,
+        # The secret from the environment, not argv: `ps` shows every argument.
+        client_id=args.client_id,
+        client_secret=os.environ.get("GOTHAM_CLIENT_SECRET") if args.client_id else None,
+        token_expires_in=args.token_expires_in,
     )
 
 

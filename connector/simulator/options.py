@@ -26,6 +26,12 @@ class SimulatorOptions:
     drop_random: float = 0.0
     refuse_seconds: float = 0.0
     compression: bool = True
+    # OAuth2 client credentials (connector.simulator.oauth): the token endpoint is served when
+    # client_id is set; the static `token` is accepted beside the issued ones.
+    client_id: str | None = None
+    client_secret: str | None = None
+    token_expires_in: float = 3600.0
+    token_failures: int = 0  # the first N token requests are answered 503
 
     def __post_init__(self) -> None:
         if self.drop_mode not in DROP_MODES:
@@ -38,3 +44,7 @@ class SimulatorOptions:
             raise ValueError("rate must be >= 0 and late_fraction within [0, 1]")
         if not 0.0 <= self.drop_random <= 1.0:
             raise ValueError("drop_random must be within [0, 1]")
+        if self.client_id is not None and not self.client_secret:
+            raise ValueError("client_id needs a client_secret")
+        if self.token_expires_in <= 0 or self.token_failures < 0:
+            raise ValueError("token_expires_in must be > 0 and token_failures >= 0")

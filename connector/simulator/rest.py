@@ -58,6 +58,8 @@ class RestApi:
     pages: PageStore
     faults: FaultState
     counted: Callable[[], None]
+    # Other bearer tokens to accept (OAuth2 tokens that have not expired): the header's value.
+    accepts: Callable[[str], bool] = lambda _authorization: False
 
     async def history_search(self, request: web.Request) -> web.Response:
         return await self._search(request, latest_only=False)
@@ -72,7 +74,8 @@ class RestApi:
             code, name = _INJECTED[injected]
             return error_response(injected, code, name)
         given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+        static = hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode())
+        if not static and not self.accepts(given):
             return error_response(401, "UNAUTHORIZED", "MissingCredentials")
         if request.query.get("preview") != "true":
             return _invalid("ApiFeaturePreviewUsageOnly", {"preview": "preview=true is required"})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import itertools
 import json
 import logging
@@ -20,6 +19,8 @@ from connector.simulator.connection import GOING_AWAY_CODE, Connection, Hooks, S
 from connector.simulator.faults import FaultState, check_action, injected_frames
 from connector.simulator.generator import Generated, Generator
 from connector.simulator.history import History, PageStore
+from connector.simulator.oauth import TOKEN_PATH, TokenIssuer
+from connector.simulator.oauth import cancel as cancel_expiry
 from connector.simulator.options import SimulatorOptions
 from connector.simulator.rest import RestApi, error_response
 
@@ -60,6 +61,7 @@ class Simulator:
         self.rest_calls = 0
         self.injected_sent = 0  # frames of `send_frames` actions written to a socket
         self._rest: RestApi | None = None
+        self.oauth = TokenIssuer(self.options)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -74,7 +76,10 @@ class Simulator:
             pages=self._pages,
             faults=self.faults,
             counted=self._count_rest,
+            accepts=self.oauth.accepts,
         )
+        if self.options.client_id is not None:
+            app.router.add_post(TOKEN_PATH, self.oauth.handle)
         self._rest = rest
         app.router.add_post(HISTORY_PATH, rest.history_search)
         app.router.add_post(LATEST_PATH, rest.latest_search)
@@ -144,7 +149,7 @@ class Simulator:
     # --- observation of the simulator ------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        return {
+        stats = {
             "generated": self.generated,
             "connections": len(self._connections),
             "subscriptions": {sid: sub.stats() for sid, sub in self._subs.items()},
@@ -152,6 +157,9 @@ class Simulator:
             "messages_sent": self.messages_sent,
             "rest_calls": self.rest_calls,
         }
+        if self.options.client_id is not None:  # the token endpoint is served
+            stats["oauth"] = self.oauth.stats()
+        return stats
 
     def observations(self) -> list[dict[str, Any]]:
         return self._history.observations()
@@ -286,13 +294,14 @@ class Simulator:
             return error_response(503, "SERVICE_UNAVAILABLE", "Default:ServiceUnavailable")
         if request.query.get("preview") != "true":
             return error_response(400, "INVALID_ARGUMENT", "ApiFeaturePreviewUsageOnly")
-        expected = f"Bearer-{self.options.token}"
         offered = [
             p.strip()
             for header in request.headers.getall("Sec-WebSocket-Protocol", [])
             for p in header.split(",")
         ]
-        if not any(hmac.compare_digest(p.encode(), expected.encode()) for p in offered):
+        # The static token's subprotocol, or that of an OAuth2 token that has not expired.
+        expected = self.oauth.protocol(offered, self.options.token)
+        if expected is None:
             return error_response(401, "UNAUTHORIZED", "MissingCredentials")
         spec = request.match_info["spec"]
         if spec not in self.options.spec_ids:
@@ -317,10 +326,12 @@ class Simulator:
             ),
         )
         self._connections[conn.id] = conn
+        expiry = self.oauth.close_on_expiry(conn, expected)
         try:
             await conn.serve()
         finally:
             del self._connections[conn.id]
+            await cancel_expiry(expiry)
         return ws
 
     def _register(self, sub: Subscription) -> None:

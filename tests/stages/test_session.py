@@ -536,6 +536,7 @@ async def test_an_error_frame_while_subscribes_wait_reconnects_and_matches_afres
     await gotham.wait("subscribe", 2)
     await gotham.send({"type": "error", "errors": [{"error": "Malformed", "args": []}]})
     await until(lambda: len(gotham.connections) == 2, what="a second connection")
+    await gotham.wait("subscribe", 4)  # the connection is seen before its subscribes arrive
     assert [m["query"] for m in gotham.messages("subscribe", 1)] == [AIR, SEA]
     air, sea = await gotham.accept(), await gotham.accept()
     await gotham.data(sea, track="boat")

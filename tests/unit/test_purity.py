@@ -31,6 +31,7 @@ PURE = [
     "config",
     "errors",
     "secret",
+    "credentials",
 ]
 FORBIDDEN = {"websockets", "fsspec", "asyncio", "tenacity", "aiohttp", "s3fs"}
 # The receiving process: the runner and everything it builds. Conversion, Parquet and the sink
@@ -49,6 +50,7 @@ RECEIVING = [
     "backfill",
     "metrics",
     "health",
+    "oauth2",
 ]
 HEAVY = {"pyarrow", "fsspec", "duckdb"}
 PACKAGE = Path(importlib.util.find_spec("connector").origin).parent  # type: ignore[union-attr, arg-type]
