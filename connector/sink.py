@@ -3,6 +3,14 @@
 Local folders: temp file in the destination folder, fsync, os.replace, fsync of the folder.
 Object stores: one PUT (or multipart completion) is the commit. Errors are translated here,
 once: permanent ones become SinkError (stop, keep the data), the rest TransientSinkError.
+
+Retries on S3 are layered, and each layer multiplies the ones inside it: botocore retries each
+HTTP request, s3fs retries each call, tenacity here retries each put, and the committer retries
+the cut. Left at their defaults (botocore legacy 5 attempts with up to 8 s sleeps, s3fs 5 calls)
+one put in a 503 storm made 150 requests over ~4 minutes before anyone heard of it. So, unless
+storage_options say otherwise: botocore standard mode with 3 attempts (jittered, at most ~3 s
+of sleep; its retry quota stops retrying during an outage), s3fs 1 attempt, and the retries
+that matter (logged, counted, capped) are ours.
 """
 
 from __future__ import annotations
@@ -31,6 +39,13 @@ from connector.errors import SinkError, TransientSinkError
 log = logging.getLogger(__name__)
 
 _TERMINAL_CODES = {"AccessDenied", "NoSuchBucket", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+# s3fs translates these to FileNotFoundError, but a write meets them only when a retried
+# multipart request finds its upload already completed or aborted: the put is redone whole.
+_TRANSIENT_CODES = {"NoSuchUpload"}
+# The combined policy's inner layers (see the module docstring). botocore's can be overridden
+# with storage_options.config_kwargs.retries; s3fs's is a class attribute, not an option.
+S3_BOTOCORE_RETRIES: dict[str, Any] = {"mode": "standard", "total_max_attempts": 3}
+S3FS_RETRIES = 1
 
 
 class Sink:
@@ -43,13 +58,17 @@ class Sink:
         max_wait: float = 20.0,
     ) -> None:
         self.url = url
+        options = _with_retry_defaults(url, dict(storage_options or {}))
         try:
-            fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+            fs, root = fsspec.core.url_to_fs(url, **options)
         except (ImportError, ValueError, TypeError) as exc:
             raise SinkError(f"sink.url {url!r}: {exc}") from exc
         self.fs = fs
         self.root = root.rstrip("/")
         self.local = "file" in _protocols(fs)
+        self._s3 = "s3" in _protocols(fs)
+        if self._s3:
+            fs.retries = S3FS_RETRIES  # a class attribute in s3fs, not an option
         self._retrying = Retrying(
             stop=stop_after_attempt(max_attempts),
             wait=wait_random_exponential(multiplier=0.2, max=max_wait),
@@ -72,7 +91,14 @@ class Sink:
         if self.local:
             _atomic_local_write(Path(target), data)
         else:  # object-store clients want bytes (hashing, retries re-send the same object)
-            self.fs.pipe_file(target, data if isinstance(data, bytes) else bytes(data))
+            payload = data if isinstance(data, bytes) else bytes(data)
+            # s3fs uploads multipart from 2 parts up; its `default_block_size` storage option
+            # (the part size of its own file writes, 50 MiB) sets the part size here too.
+            part_size = getattr(self.fs, "default_block_size", None)
+            if self._s3 and isinstance(part_size, int):
+                self.fs.pipe_file(target, payload, chunksize=part_size)
+            else:
+                self.fs.pipe_file(target, payload)
 
     def list(self, relative: str = "") -> list[str]:
         """Paths (relative to the root) of every file below `relative`."""
@@ -126,9 +152,12 @@ class Sink:
     def _translate(self, fn: Any, *args: Any) -> Any:
         try:
             return fn(*args)
+        except FileNotFoundError as exc:
+            if _error_code(exc) in _TRANSIENT_CODES:
+                raise TransientSinkError(f"sink {self.url}: {_error_code(exc)}: {exc}") from exc
+            raise SinkError(f"sink {self.url}: {type(exc).__name__}: {exc}") from exc
         except (
             PermissionError,
-            FileNotFoundError,
             FileExistsError,  # a regular file sits where a partition folder must go
             IsADirectoryError,
             NotADirectoryError,
@@ -139,6 +168,16 @@ class Sink:
             if code in _TERMINAL_CODES:
                 raise SinkError(f"sink {self.url}: {code}: {exc}") from exc
             raise TransientSinkError(f"sink {self.url}: {type(exc).__name__}: {exc}") from exc
+
+
+def _with_retry_defaults(url: str, options: dict[str, Any]) -> dict[str, Any]:
+    """S3 options with the retry settings of the combined policy, where not given."""
+    protocol, _ = fsspec.core.split_protocol(url)
+    if protocol not in ("s3", "s3a"):
+        return options
+    config = dict(options.get("config_kwargs") or {})
+    config.setdefault("retries", dict(S3_BOTOCORE_RETRIES))
+    return {**options, "config_kwargs": config}
 
 
 def _protocols(fs: Any) -> tuple[str, ...]:
