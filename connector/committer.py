@@ -12,7 +12,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 
 from connector import ledger
@@ -22,7 +22,7 @@ from connector.checkpoint import Checkpoint, CheckpointStore
 from connector.converter import Converter
 from connector.errors import is_transient
 from connector.intake import Intake, now_us
-from connector.jobs import FlushResult
+from connector.jobs import CutJob, FlushResult
 from connector.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,9 @@ class Committer:
         # Held while a cut lands; backfill holds it while it looks at what is landed.
         self.gate = asyncio.Lock()
         self._store = store
-        self._queue: asyncio.Queue[Cut | None] = asyncio.Queue()
+        # A deque, not an asyncio.Queue: landing a cut looks at the one after it (lookahead).
+        self._cuts: deque[Cut | None] = deque()
+        self._arrived = asyncio.Event()
         self._committed = asyncio.Event()  # pulsed after each checkpoint save
         self._stopping = False
         self._saves = 0  # snapshots taken; a thread never writes an older one over a newer
@@ -64,22 +66,35 @@ class Committer:
         self._write_lock = threading.Lock()
 
     def submit(self, cut: Cut) -> None:
-        self._queue.put_nowait(cut)
+        self._cuts.append(cut)
+        self._arrived.set()
 
     def finish(self) -> None:
         """No more cuts: `run` returns once the queue is drained (or at the first transient
         failure: the rest waits in the spool for the next start)."""
         self._stopping = True
-        self._queue.put_nowait(None)
+        self._cuts.append(None)
+        self._arrived.set()
 
     @property
     def backlog(self) -> int:
-        return self._queue.qsize()
+        return len(self._cuts)
 
     async def run(self) -> None:
-        while (cut := await self._queue.get()) is not None:
+        while (cut := await self._next()) is not None:
             if not await self._land(cut):
                 return
+
+    async def _next(self) -> Cut | None:
+        while not self._cuts:
+            self._arrived.clear()
+            await self._arrived.wait()
+        return self._cuts.popleft()
+
+    def _ahead(self) -> CutJob | None:
+        """The next cut's job when one already waits: the converter prepares it meanwhile."""
+        cut = self._cuts[0] if self._cuts else None
+        return None if cut is None else self.intake.job(cut)
 
     async def _land(self, cut: Cut) -> bool:
         backoff = Backoff(0.5, 30.0)
@@ -90,7 +105,8 @@ class Committer:
                 await self.intake.sync()
                 async with self.gate:
                     started = time.monotonic()
-                    result = await self.converter.flush(self.intake.job(cut))
+                    job, ahead = self.intake.job(cut), self._ahead()
+                    result = await self.converter.flush(job, ahead)
                     seconds = time.monotonic() - started
                 break
             except Exception as exc:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
-from dataclasses import replace
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, replace
 
 import msgspec
 import pyarrow as pa
@@ -31,30 +32,101 @@ PIECE_OBSERVATIONS = 5_000
 PIECE_BYTES = 2 << 20
 
 
+@dataclass
+class Prepared:
+    """A cut converted and read, nothing written yet: what `write` lands."""
+
+    job: CutJob
+    table: pa.Table | None
+    reading: _Reading
+    slow_rows: int
+
+
 def flush_cut(job: CutJob, sink: Sink, settings: FlushSettings) -> FlushResult:
+    return write(prepare(job), sink, settings)
+
+
+def prepare(job: CutJob) -> Prepared:
+    """Read the cut back from the spool and convert it. Writes nothing, so it may run ahead."""
     reading = _Reading()
     tables: list[pa.Table] = []
-    result = FlushResult()
+    slow_rows = 0
     for piece in reading.pieces(read_ranges(list(job.ranges), job.first, job.last)):
         converted = convert(piece)
         reading.rejected += converted.rejected
-        result.slow_rows += converted.slow_rows
+        slow_rows += converted.slow_rows
         if converted.table.num_rows:
             tables.append(converted.table)
+    return Prepared(job, _contiguous(tables) if tables else None, reading, slow_rows)
+
+
+def _contiguous(tables: list[pa.Table]) -> pa.Table:
+    """The pieces as one table with one chunk per column, built a column at a time so that at
+    most one column exists twice. Sorting and taking row groups from one chunk is cheaper than
+    from twenty: measured 0.8 -> 0.5 us/observation, as `take` on chunked columns joins them
+    again for every row group."""
+    schema = tables[0].schema
+    chunks = [[c for t in tables for c in t.column(i).chunks] for i in range(len(schema))]
+    tables.clear()
+    columns = []
+    for i in range(len(chunks)):
+        columns.append(pa.concat_arrays(chunks[i]))
+        chunks[i] = []  # the pieces' buffers of this column can go now
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def write(prepared: Prepared, sink: Sink, settings: FlushSettings) -> FlushResult:
+    job, reading = prepared.job, prepared.reading
+    result = FlushResult(slow_rows=prepared.slow_rows)
     # Records the spool cannot give back (bytes damaged on disk) are reported, not raised: a
     # raise would fail this cut again on every start, and nothing after it would ever land.
     result.missing = _holes(reading.seqs, job.first, job.last)
     stem = layout.file_stem(settings.writer_id, job.first, job.last)
     result.rejected = len(reading.rejected)
     result.dead_frames = reading.dead_frames
-    if tables:
-        _land(pa.concat_tables(tables), stem, sink, settings, result)
+    if prepared.table is not None:
+        _land(prepared.table, stem, sink, settings, result)
     if reading.rejected:
         sink.put(f"{layout.DEAD_LETTER_DIR}/{stem}.jsonl", dead_letter_lines(reading.rejected))
     if reading.ledger:
         sink.put(f"{layout.LEDGER_DIR}/{stem}.jsonl", b"\n".join(reading.ledger) + b"\n")
     result.ledger_events = len(reading.ledger)
     return result
+
+
+class Lookahead:
+    """Prepares the next cut on a thread while this one is written.
+
+    Writing is mostly Parquet encoding and compression, which run without the GIL, so the next
+    cut's reading and conversion overlap it on the second core. Only preparing runs ahead, and
+    it writes nothing: a cut's files still appear only when the committer asks for that cut, so
+    a failure or a kill leaves exactly what it did without the lookahead. At most one cut is
+    prepared ahead (memory: one cut's Arrow columns).
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="lookahead")
+        self._ahead: tuple[CutJob, Future[Prepared]] | None = None
+
+    def flush(
+        self, job: CutJob, sink: Sink, settings: FlushSettings, ahead: CutJob | None = None
+    ) -> FlushResult:
+        prepared = self._take(job)
+        if ahead is not None and ahead != job:
+            self._ahead = (ahead, self._pool.submit(prepare, ahead))
+        return write(prepared, sink, settings)
+
+    def _take(self, job: CutJob) -> Prepared:
+        if self._ahead is None:
+            return prepare(job)
+        ahead, future = self._ahead
+        self._ahead = None
+        if ahead == job:
+            return future.result()  # its error, if any, is this cut's error, as if done now
+        # Not the cut that came (a retry of an earlier one): drop it, but never let two
+        # prepared cuts be in memory at once.
+        wait([future])
+        return prepare(job)
 
 
 def _land(

@@ -23,9 +23,11 @@ from connector.jobs import CutJob, FlushResult, FlushSettings, Identity, SinkSpe
 from connector.spool import SpoolRange
 
 if TYPE_CHECKING:
+    from connector.flush import Lookahead
     from connector.sink import Sink
 
 _sink: tuple[SinkSpec, Sink] | None = None
+_lookahead: Lookahead | None = None
 
 
 def main(argv: list[str]) -> None:
@@ -93,10 +95,16 @@ def sink_for(spec: SinkSpec) -> Sink:
     return _sink[1]
 
 
-def flush(job: CutJob, spec: SinkSpec, settings: FlushSettings) -> FlushResult:
-    from connector.flush import flush_cut
+def flush(
+    job: CutJob, spec: SinkSpec, settings: FlushSettings, ahead: CutJob | None = None
+) -> FlushResult:
+    """Land `job`; `ahead`, the cut expected next, is prepared meanwhile (see `Lookahead`)."""
+    global _lookahead
+    if _lookahead is None:
+        from connector.flush import Lookahead
 
-    return flush_cut(job, sink_for(spec), settings)
+        _lookahead = Lookahead()
+    return _lookahead.flush(job, sink_for(spec), settings, ahead)
 
 
 def check_sink(spec: SinkSpec) -> int:

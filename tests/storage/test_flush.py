@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ import msgspec
 import pytest
 
 from connector import ledger
-from connector.flush import flush_cut
+from connector.flush import Lookahead, flush_cut
 from connector.jobs import CutJob, FlushSettings
 from connector.records import FrameMeta
 from connector.sink import Sink
@@ -649,3 +649,81 @@ def test_parts_split_a_huge_frame_at_piece_size_and_keep_its_observations(
     assert rebuilt == observations
     small = frame(*observations[:3])
     assert list(flush_module._parts(meta, small, 3)) == [((meta, small), 3)]
+
+
+# -- Lookahead: the next cut prepared while this one is written -------------------------------
+
+
+def halves(fx: Fixture) -> tuple[CutJob, CutJob]:
+    middle = (fx.first + fx.last) // 2
+    return (
+        CutJob(fx.first, middle, tuple(fx.spool.ranges(fx.first, middle))),
+        CutJob(middle + 1, fx.last, tuple(fx.spool.ranges(middle + 1, fx.last))),
+    )
+
+
+def landed(sink: Sink) -> dict[str, bytes]:
+    return {name: read(sink, name) for name in sink.list()}
+
+
+def test_lookahead_lands_what_flush_cut_lands(spooled: Fixture, tmp_path: Path) -> None:
+    one, two = halves(spooled)
+    plain = Sink(str(tmp_path / "plain"), **FAST)
+    for job in (one, two):
+        flush_cut(job, plain, FlushSettings(WRITER))
+    ahead = Sink(str(tmp_path / "ahead"), **FAST)
+    lookahead = Lookahead()
+    first = lookahead.flush(one, ahead, FlushSettings(WRITER), two)
+    # Nothing of the cut prepared ahead is written before it is asked for.
+    assert all(stem(two.first, two.last) not in name for name in ahead.list())
+    second = lookahead.flush(two, ahead, FlushSettings(WRITER))
+    assert landed(ahead) == landed(plain)
+    assert first.rows + second.rows == len(spooled.expected)
+
+
+def test_lookahead_uses_the_cut_it_prepared(spooled: Fixture, tmp_path: Path) -> None:
+    one, two = halves(spooled)
+    plain = Sink(str(tmp_path / "plain"), **FAST)
+    flush_cut(two, plain, FlushSettings(WRITER))
+    sink = Sink(str(tmp_path / "ahead"), **FAST)
+    lookahead = Lookahead()
+    lookahead.flush(one, sink, FlushSettings(WRITER), two)
+    assert lookahead._ahead is not None  # white box: wait for the preparation to finish
+    lookahead._ahead[1].result()
+    spooled.spool.close()
+    for segment in spooled.spool.dir.iterdir():
+        segment.unlink()  # reading the spool now would find nothing
+    result = lookahead.flush(two, sink, FlushSettings(WRITER))
+    assert result.missing == [] and result.rows > 0
+    assert {n: b for n, b in landed(sink).items() if stem(two.first, two.last) in n} == landed(
+        plain
+    )
+
+
+def test_a_retry_of_an_earlier_cut_is_not_confused_with_the_one_ahead(
+    spooled: Fixture, tmp_path: Path
+) -> None:
+    one, two = halves(spooled)
+    plain = Sink(str(tmp_path / "plain"), **FAST)
+    for job in (one, two):
+        flush_cut(job, plain, FlushSettings(WRITER))
+    sink = Sink(str(tmp_path / "ahead"), **FAST)
+    lookahead = Lookahead()
+    lookahead.flush(one, sink, FlushSettings(WRITER), two)
+    lookahead.flush(one, sink, FlushSettings(WRITER), two)  # the committer retries cut one
+    lookahead.flush(two, sink, FlushSettings(WRITER), one)  # a stale hint is dropped later
+    lookahead.flush(two, sink, FlushSettings(WRITER))
+    assert landed(sink) == landed(plain)
+
+
+def test_a_failed_preparation_is_the_cut_s_own_error(spooled: Fixture, tmp_path: Path) -> None:
+    one, two = halves(spooled)
+    gone = CutJob(two.first, two.last, tuple(replace(r, path=r.path + ".gone") for r in two.ranges))
+    with pytest.raises(FileNotFoundError):
+        flush_cut(gone, Sink(str(tmp_path / "plain"), **FAST), FlushSettings(WRITER))
+    sink = Sink(str(tmp_path / "ahead"), **FAST)
+    lookahead = Lookahead()
+    lookahead.flush(one, sink, FlushSettings(WRITER), gone)  # its error waits for its turn
+    with pytest.raises(FileNotFoundError):
+        lookahead.flush(gone, sink, FlushSettings(WRITER))
+    assert lookahead.flush(two, sink, FlushSettings(WRITER)).rows > 0  # and nothing sticks
