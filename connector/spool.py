@@ -18,12 +18,15 @@ import logging
 import os
 import struct
 import threading
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
+
+# The same CRC-32 as zlib's (spools written before read the same), with the CPU's carry-less
+# multiply: 0.6 instead of 10 us for a frame of 100 observations, paid on write and on read.
+from zlib_ng.zlib_ng import crc32
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +211,7 @@ class Spool:
         meta_bytes = b"{}" if meta is _NO_META else _encode(meta)
         prefix = _BODY.pack(seq, at_us, len(meta_bytes)) + meta_bytes
         length = len(prefix) + len(payload)
-        crc = zlib.crc32(payload, zlib.crc32(prefix))
+        crc = crc32(payload, crc32(prefix))
         # Gathered, not joined: the payload (a whole frame) is never copied in this process.
         parts = [_HEADER.pack(length, crc, kind) + prefix, payload]
         size = len(parts[0]) + len(payload)
@@ -348,7 +351,7 @@ def _scan_file(
             if length < _BODY.size or record_end > limit:
                 return
             body = fh.read(length)
-            if len(body) < length or zlib.crc32(body) != crc:
+            if len(body) < length or crc32(body) != crc:
                 return
             seq, at_us, meta_len = _BODY.unpack_from(body)
             meta_end = _BODY.size + meta_len
