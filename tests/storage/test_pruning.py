@@ -332,3 +332,16 @@ def test_an_hour_and_a_track_prune_both_files_and_row_groups(
     )
     assert rows == _expected(day, mask)
     assert len(rows) == OBSERVATIONS // TRACKS // 24
+
+
+def test_statistics_are_kept_where_they_prune_and_only_there(day: Day) -> None:
+    meta = pq.ParquetFile(next(iter(day.files))).metadata
+    group = meta.row_group(0)
+    stats = {
+        meta.schema.column(i).path: group.column(i).is_stats_set for i in range(meta.num_columns)
+    }
+    pruning = ["timestamp", "track_id", "observation_spec_id", "seq", "received_at"]
+    assert all(stats[c] for c in pruning + [f"bbox.{k}" for k in ("xmin", "ymin", "xmax", "ymax")])
+    # WKB bytes, map entries and the extra JSON text: min/max there would prune nothing.
+    assert not stats["geometry"] and not stats["extra"]
+    assert not any(v for k, v in stats.items() if k.endswith(("key_value.key", "key_value.value")))
