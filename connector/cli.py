@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from connector import __version__, logs
+from connector import __version__, icebergsync, logs
 from connector.config import Config, load_config
 from connector.errors import ConfigError, ConnectorError
 from connector.secret import scrub
@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     sql_parser = commands.add_parser("sql", help="query the landing zone with DuckDB")
     sqlshell.add_arguments(sql_parser)
 
+    icebergsync.add_arguments(commands.add_parser("iceberg", help="the [iceberg] table"))
+
     args = parser.parse_args(argv)
     if args.command == "schema":
         from connector.schema import schema_json
@@ -78,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         return _validated(cfg, args.config, args.show)
     if args.command == "sql":
         return sqlshell.run(cfg, args)
+    if args.command == "iceberg":
+        return icebergsync.run(cfg, args)
     logs.setup(cfg.log.level, cfg.log.format)
     return run_connector(cfg, args.config)
 

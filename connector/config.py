@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from connector.credentials import OAuth2Config, read_oauth2
 from connector.errors import ConfigError
+from connector.icebergspec import IcebergConfig, read_iceberg
 from connector.query import counter_clockwise, validate_query
 from connector.secret import TokenSource
 from connector.tables import Reader, env_overrides, loopback
@@ -143,6 +144,7 @@ class Config:
     backfill: BackfillConfig = field(default_factory=BackfillConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    iceberg: IcebergConfig = field(default_factory=IcebergConfig)
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
@@ -161,7 +163,10 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
 
 def parse_config(data: Mapping[str, Any]) -> Config:
     problems: list[tuple[str, str]] = []
-    sections = ("source", "subscriptions", "batch", "sink", "state", "backfill", "log", "metrics")
+    sections = (
+        *("source", "subscriptions", "batch", "sink", "state", "backfill", "log", "metrics"),
+        "iceberg",
+    )
     for name in data:
         if name not in sections:
             problems.append((name, f"unknown section (expected one of {', '.join(sections)})"))
@@ -208,9 +213,10 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     log = _log(table("log"), problems)
     kinds = {"enabled": "bool", "host": "string", "port": "port (0-65535)"}
     metrics = _section(table("metrics"), "metrics", problems, MetricsConfig, kinds)
+    iceberg = read_iceberg(table("iceberg"), problems)
     if problems or source is None:
         raise ConfigError(problems)
-    return Config(source, subscriptions, batch, sink, state, backfill, log, metrics)
+    return Config(source, subscriptions, batch, sink, state, backfill, log, metrics, iceberg)
 
 
 def _log(tbl: Mapping[str, Any], problems: list[tuple[str, str]]) -> LogConfig:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from connector.icebergspec import IcebergSpec
 from connector.identity import Identity
 from connector.spool import SpoolRange
 
@@ -30,6 +31,7 @@ class FlushSettings:
     compression: str = "zstd"
     compression_level: int | None = None
     row_group_rows: int = 10_000
+    iceberg: IcebergSpec | None = None  # commit each cut to this table ([iceberg])
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from connector.coverage import Coverage
 from connector.errors import ConnectorError, Crashed, is_transient
 from connector.gaps import Gap, Gaps
 from connector.health import HealthServer, heartbeat, problems
+from connector.icebergspec import spec_for
 from connector.identity import frame_identities
 from connector.intake import Intake, now_us
 from connector.jobs import FlushSettings, Identity, SinkSpec
@@ -87,6 +88,7 @@ class Runner:
             cfg.sink.compression,
             cfg.sink.compression_level,
             cfg.sink.row_group_rows,
+            spec_for(cfg.iceberg, cfg.state.dir),
         )
         self.converter = Converter(sink, settings, cfg.log.level, cfg.log.format)
         self.committer = Committer(self.intake, self.converter, self._store, self.cp, self.metrics)
@@ -307,12 +309,13 @@ class Runner:
 
     async def reload(self, cfg: Config) -> None:
         """Apply a new subscription list on the open socket, without reconnecting."""
-        if (cfg.source, cfg.sink, cfg.state, cfg.batch, cfg.metrics) != (
+        if (cfg.source, cfg.sink, cfg.state, cfg.batch, cfg.metrics, cfg.iceberg) != (
             self.cfg.source,
             self.cfg.sink,
             self.cfg.state,
             self.cfg.batch,
             self.cfg.metrics,
+            self.cfg.iceberg,
         ):
             log.warning("reload applies [[subscriptions]] only; restart to apply other changes")
         await self.session.reload({s.name: s for s in cfg.subscriptions})

@@ -52,13 +52,51 @@ GEO_COLUMNS: list[tuple[str, pa.DataType, bool, str, str]] = [
 ]
 VERSION = 2  # 2: the GeoParquet columns; files of version 1 lack them (read with union_by_name)
 
+# Iceberg field ids, written into every file as PARQUET:field_id so that table readers match
+# columns by id, never by name. A contract like the names: never reuse or renumber one; a new
+# column takes the next free number. Top-level columns first, then nested fields in column
+# order: the order Iceberg itself assigns fresh ids in, so a table created from this schema
+# gets these very ids (connector.icebergschema checks that it did).
+FIELD_IDS: dict[str, int] = {
+    name: number
+    for number, name in enumerate(
+        [
+            *(c[0] for c in COLUMNS),
+            *(c[0] for c in GEO_COLUMNS),
+            "static_properties.key",
+            "static_properties.value",
+            "live_properties.key",
+            "live_properties.value",
+            "bbox.xmin",
+            "bbox.ymin",
+            "bbox.xmax",
+            "bbox.ymax",
+        ],
+        start=1,
+    )
+}
+FIELD_ID_KEY = b"PARQUET:field_id"
+
+
+def _with_id(f: pa.Field, path: str = "") -> pa.Field:
+    """`f` (and its children) carrying their field ids in the field metadata."""
+    path = f"{path}.{f.name}" if path else f.name
+    dtype = f.type
+    if pa.types.is_map(dtype):
+        dtype = pa.map_(_with_id(dtype.key_field, path), _with_id(dtype.item_field, path))
+    elif pa.types.is_struct(dtype):
+        dtype = pa.struct([_with_id(child, path) for child in dtype])
+    metadata = {**(f.metadata or {}), FIELD_ID_KEY: str(FIELD_IDS[path]).encode()}
+    return pa.field(f.name, dtype, nullable=f.nullable, metadata=metadata)
+
+
 # What conversion produces; files hold these plus GEO_COLUMNS (FILE_SCHEMA).
 SCHEMA = pa.schema(
-    [pa.field(name, dtype, nullable=nullable) for name, dtype, nullable, _, _ in COLUMNS],
+    [_with_id(pa.field(name, dtype, nullable=n)) for name, dtype, n, _, _ in COLUMNS],
     metadata={"gotham_connector.schema_version": str(VERSION)},
 )
 FILE_SCHEMA = pa.schema(
-    [*SCHEMA, *(pa.field(n, t, nullable=null) for n, t, null, _, _ in GEO_COLUMNS)],
+    [*SCHEMA, *(_with_id(pa.field(n, t, nullable=null)) for n, t, null, _, _ in GEO_COLUMNS)],
     metadata=SCHEMA.metadata,
 )
 

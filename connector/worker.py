@@ -104,7 +104,15 @@ def flush(
         from connector.flush import Lookahead
 
         _lookahead = Lookahead()
-    return _lookahead.flush(job, sink_for(spec), settings, ahead)
+    result = _lookahead.flush(job, sink_for(spec), settings, ahead)
+    if settings.iceberg is not None and result.files:
+        # Here: the files are visible, and the reply that advances the checkpoint waits on it.
+        from connector.iceberg import commit_cut
+        from connector.icebergspec import CutKey
+
+        key = CutKey(settings.writer_id, job.first, job.last)
+        commit_cut(settings.iceberg, key, result.files, sink_for(spec))
+    return result
 
 
 def check_sink(spec: SinkSpec) -> int:

@@ -402,6 +402,12 @@ heartbeat_seconds = 5
 enabled = true
 host = "0.0.0.0"
 port = 0
+
+[iceberg]
+enabled = true
+table = "lake.gotham"
+catalog_name = "lake"
+catalog = {{ type = "sql", uri = "sqlite:///state/lake.db", credential_file = "/run/secrets/lake" }}
 """
 
 

@@ -32,6 +32,7 @@ PURE = [
     "errors",
     "secret",
     "credentials",
+    "icebergspec",
 ]
 FORBIDDEN = {"websockets", "fsspec", "asyncio", "tenacity", "aiohttp", "s3fs"}
 # The receiving process: the runner and everything it builds. Conversion, Parquet and the sink
