@@ -4,7 +4,8 @@ One gap at a time (so dedupe sees every earlier backfill landed): fetch the gap 
 small overlap) using the subscription's query, keep the points that match the subscription's own
 filter (the REST query selects tracks, not points), wait until everything received so far is
 landed, drop identities already landed or spooled, and ingest the rest through the spool with
-origin = backfill. Every outcome goes to the ledger.
+origin = backfill. Every outcome goes to the ledger; a gap leaves the checkpoint only once
+that record and its rows are landed (so a power loss cannot take the gap with them).
 """
 
 from __future__ import annotations
@@ -109,6 +110,11 @@ class Backfiller:
                     log.exception("backfill of %s failed unexpectedly", gap.subscription)
                     self._record(gap, gap.start_us, gap.end_us, "failed", error="internal error")
                     done = False
+                if done:
+                    # Settling removes the gap from the checkpoint (fsynced at once), while the
+                    # rows that healed it and its ledger record sit unsynced in the spool: a
+                    # power loss then would lose both and never retry the gap. Landed first.
+                    await self.port.barrier()
                 if self.port.stopping.is_set():
                     return  # the gap stays pending in the checkpoint for the next start
                 if done:

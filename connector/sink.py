@@ -1,6 +1,7 @@
 """Makes finished files visible on any fsspec store, atomically, with bounded retries.
 
-Local folders: temp file in the destination folder, fsync, os.replace, fsync of the folder.
+Local folders: temp file in the destination folder, fsync, os.replace, fsync of the folder;
+a folder created on the way is fsynced into its parent (a power loss keeps what was landed).
 Object stores: one PUT (or multipart completion) is the commit. Errors are translated here,
 once: permanent ones become SinkError (stop, keep the data), the rest TransientSinkError.
 
@@ -35,6 +36,7 @@ from tenacity import (
 )
 
 from connector.errors import SinkError, TransientSinkError
+from connector.statedir import fsync_dir, make_dirs
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +131,7 @@ class Sink:
         for attempt in self._retrying:
             with attempt:
                 if self.local:
-                    self._translate(self.fs.makedirs, self.path("_connector_probe"), True)
+                    self._translate(make_dirs, Path(self.path("_connector_probe")))
                 self._translate(self.fs.pipe_file, probe, b"")
         try:
             self.fs.rm_file(probe)
@@ -196,7 +198,7 @@ def _error_code(exc: BaseException) -> str | None:
 
 
 def _atomic_local_write(target: Path, data: bytes | memoryview | pa.Buffer) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(target.parent)
     # Hidden, and never ending in .parquet: readers globbing **/*.parquet cannot see it.
     tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
     try:
@@ -208,8 +210,4 @@ def _atomic_local_write(target: Path, data: bytes | memoryview | pa.Buffer) -> N
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(target.parent)

@@ -1,4 +1,5 @@
-"""The state dir: private (0700), held by one process at a time, swept of a kill's leftovers."""
+"""The state dir: private (0700), held by one process at a time, swept of a kill's leftovers.
+Also the one helper that makes a new local folder survive a power loss (`make_dirs`)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ class StateDirLock:
 
     def acquire(self) -> None:
         try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_dirs(self.directory, 0o700)
             fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise ConfigError.single("state.dir", f"cannot use {self.directory}: {exc}") from None
@@ -58,3 +59,33 @@ def _sweep(directory: Path) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
             log.info("removed %s, left by an interrupted checkpoint save", tmp.name)
+
+
+def make_dirs(folder: Path, mode: int = 0o777) -> None:
+    """`mkdir -p` that survives a power loss: each folder it creates is fsynced into its
+    parent. Fsyncing a file and its own folder does not persist that folder's entry in the
+    folder above: a new partition (or state dir) would vanish with every file in it.
+
+    Only "does not exist" creates: any other error (permission, a symlink loop) is raised.
+    `mode` is for `folder` itself; folders above it get the default, as with pathlib."""
+    missing = []
+    at = folder
+    while True:
+        try:
+            at.stat()
+            break
+        except FileNotFoundError:
+            missing.append(at)
+            at = at.parent
+    for new in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another thread made it: fsync it anyway
+            new.mkdir(mode if new == folder else 0o777)
+        fsync_dir(new.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
