@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from connector.errors import ConfigError
+from connector.statedir import fsync_dir
 
 VERSION = 2
 log = logging.getLogger(__name__)
@@ -108,11 +109,7 @@ class CheckpointStore:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(self.dir)
 
 
 def migrate(data: dict[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,8 @@ import msgspec
 # multiply: 0.6 instead of 10 us for a frame of 100 observations, paid on write and on read.
 from zlib_ng.zlib_ng import crc32
 
+from connector.statedir import fsync_dir
+
 log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("<IIB")
@@ -264,7 +266,7 @@ class Spool:
             finally:
                 os.close(fd)
         if dir_dirty:
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
 
     # -- reading and releasing --------------------------------------------------------------
     def ranges(self, first: int, last: int) -> list[SpoolRange]:
@@ -372,14 +374,6 @@ def _decode_meta(raw: memoryview) -> RecordMeta:
 
 
 def _fsync_close(fd: int) -> None:
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
