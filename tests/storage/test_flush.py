@@ -666,25 +666,30 @@ def landed(sink: Sink) -> dict[str, bytes]:
     return {name: read(sink, name) for name in sink.list()}
 
 
+def landed_plainly(root: Path, *jobs: CutJob) -> dict[str, bytes]:
+    """What flush_cut alone lands for these cuts: the reference for the lookahead."""
+    plain = Sink(str(root), **FAST)
+    for job in jobs:
+        flush_cut(job, plain, FlushSettings(WRITER))
+    return landed(plain)
+
+
 def test_lookahead_lands_what_flush_cut_lands(spooled: Fixture, tmp_path: Path) -> None:
     one, two = halves(spooled)
-    plain = Sink(str(tmp_path / "plain"), **FAST)
-    for job in (one, two):
-        flush_cut(job, plain, FlushSettings(WRITER))
+    plain = landed_plainly(tmp_path / "plain", one, two)
     ahead = Sink(str(tmp_path / "ahead"), **FAST)
     lookahead = Lookahead()
     first = lookahead.flush(one, ahead, FlushSettings(WRITER), two)
     # Nothing of the cut prepared ahead is written before it is asked for.
     assert all(stem(two.first, two.last) not in name for name in ahead.list())
     second = lookahead.flush(two, ahead, FlushSettings(WRITER))
-    assert landed(ahead) == landed(plain)
+    assert landed(ahead) == plain
     assert first.rows + second.rows == len(spooled.expected)
 
 
 def test_lookahead_uses_the_cut_it_prepared(spooled: Fixture, tmp_path: Path) -> None:
     one, two = halves(spooled)
-    plain = Sink(str(tmp_path / "plain"), **FAST)
-    flush_cut(two, plain, FlushSettings(WRITER))
+    plain = landed_plainly(tmp_path / "plain", two)
     sink = Sink(str(tmp_path / "ahead"), **FAST)
     lookahead = Lookahead()
     lookahead.flush(one, sink, FlushSettings(WRITER), two)
@@ -695,25 +700,21 @@ def test_lookahead_uses_the_cut_it_prepared(spooled: Fixture, tmp_path: Path) ->
         segment.unlink()  # reading the spool now would find nothing
     result = lookahead.flush(two, sink, FlushSettings(WRITER))
     assert result.missing == [] and result.rows > 0
-    assert {n: b for n, b in landed(sink).items() if stem(two.first, two.last) in n} == landed(
-        plain
-    )
+    assert {n: b for n, b in landed(sink).items() if stem(two.first, two.last) in n} == plain
 
 
 def test_a_retry_of_an_earlier_cut_is_not_confused_with_the_one_ahead(
     spooled: Fixture, tmp_path: Path
 ) -> None:
     one, two = halves(spooled)
-    plain = Sink(str(tmp_path / "plain"), **FAST)
-    for job in (one, two):
-        flush_cut(job, plain, FlushSettings(WRITER))
+    plain = landed_plainly(tmp_path / "plain", one, two)
     sink = Sink(str(tmp_path / "ahead"), **FAST)
     lookahead = Lookahead()
     lookahead.flush(one, sink, FlushSettings(WRITER), two)
     lookahead.flush(one, sink, FlushSettings(WRITER), two)  # the committer retries cut one
     lookahead.flush(two, sink, FlushSettings(WRITER), one)  # a stale hint is dropped later
     lookahead.flush(two, sink, FlushSettings(WRITER))
-    assert landed(sink) == landed(plain)
+    assert landed(sink) == plain
 
 
 def test_a_failed_preparation_is_the_cut_s_own_error(spooled: Fixture, tmp_path: Path) -> None:
