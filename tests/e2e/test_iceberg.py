@@ -171,8 +171,14 @@ def test_two_replicas_commit_to_one_table_at_once(tmp_path: Path, sim: Simulator
         }
         replicas.append(dep)
     procs = [dep.start() for dep in replicas]
+
+    def writers() -> Counter[str]:
+        return Counter(key.writer.split("-")[0] for key in landed_cuts(Sink(str(landing))))
+
     try:
-        time.sleep(5)
+        # Both replicas must have landed (and so committed) several cuts while the other ran:
+        # waited for, not slept for, so a slow machine does not leave one replica at one cut.
+        wait_for(lambda: min(writers()["a"], writers()["b"]) >= 3, timeout=60)
         logs = []
         for dep, proc in zip(replicas, procs, strict=True):
             code, err = dep.stop(proc, timeout=30)
@@ -183,10 +189,10 @@ def test_two_replicas_commit_to_one_table_at_once(tmp_path: Path, sim: Simulator
             if proc.poll() is None:
                 proc.kill()
     figures = assert_exactly_the_landing(table_of(tmp_path), landing)
-    writers = Counter(key.writer.split("-")[0] for key in landed_cuts(Sink(str(landing))))
-    assert writers["a"] >= 3 and writers["b"] >= 3
+    landed = writers()
+    assert landed["a"] >= 3 and landed["b"] >= 3
     conflicts = sum(log.count("commit conflict") for log in logs)
-    print(f"cuts by writer={dict(writers)} conflicts={conflicts} {figures}")
+    print(f"cuts by writer={dict(landed)} conflicts={conflicts} {figures}")
 
 
 @pytest.mark.slow
