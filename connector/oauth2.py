@@ -19,9 +19,8 @@ import ssl
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import aiohttp
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -36,6 +35,11 @@ from connector.credentials import Grant, OAuth2Config, UnusableToken, form_body,
 from connector.errors import AuthError, ConfigError, ConnectorError, Transient
 from connector.metrics import Metrics
 from connector.secret import RedactFilter, Secret, TokenSource
+
+# Imported where used: a token endpoint is optional, and aiohttp costs the receiving process
+# ~0.3 CPU-s and 12 MiB at start.
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +219,8 @@ class OAuth2Tokens:
         raise AssertionError("unreachable")
 
     async def _request(self) -> Grant:
+        import aiohttp
+
         body = form_body(self._oauth, self._oauth.load_secret())
         timeout = aiohttp.ClientTimeout(total=REQUEST_SECONDS)
         try:
@@ -258,6 +264,8 @@ class OAuth2Tokens:
 
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None:
+            import aiohttp
+
             ssl_context: ssl.SSLContext | bool = False
             if self._url.startswith("https:"):
                 ca = self._source.ca_file

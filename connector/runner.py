@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from connector.backfill import Backfiller, BackfillPort
 from connector.checkpoint import CheckpointStore
@@ -27,7 +27,7 @@ from connector.converter import Converter
 from connector.coverage import Coverage
 from connector.errors import ConnectorError, Crashed, is_transient
 from connector.gaps import Gap, Gaps
-from connector.health import HealthServer, heartbeat, problems
+from connector.health import heartbeat, problems
 from connector.icebergspec import spec_for
 from connector.identity import frame_identities
 from connector.intake import Intake, now_us
@@ -38,6 +38,9 @@ from connector.oauth2 import tokens_for
 from connector.session import Session
 from connector.spool import DATA, RecordMeta, Spool
 from connector.statedir import StateDirLock
+
+if TYPE_CHECKING:
+    from connector.endpoints import HealthServer
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +221,8 @@ class Runner:
     async def _serve_health(self) -> None:
         if not self.cfg.metrics.enabled:
             return
+        from connector.endpoints import HealthServer  # aiohttp: imported only when enabled
+
         self.health = HealthServer(self.metrics)
         try:
             await self.health.start(self.cfg.metrics.host, self.cfg.metrics.port)
