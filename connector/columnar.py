@@ -33,10 +33,7 @@ def convert(frames: Sequence[tuple[FrameMeta, bytes]]) -> Converted:
     scanned = native.scan([raw for _, raw in frames])
     table = native.table(scanned, frames) if scanned.rows else None
     whole = [pair for pair, count in zip(frames, scanned.counts, strict=True) if count < 0]
-    if table is None and scanned.rows:  # Arrow refused what the scanner accepted: be safe
-        whole = list(frames)
-    else:
-        native.to_general_path(scanned, frames, slow)
+    native.to_general_path(scanned, frames, slow)
     for meta, raw in whole:
         slow.add_frame(meta, raw)
     slow_table = slow.to_table()

