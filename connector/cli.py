@@ -24,7 +24,9 @@ from connector.secret import scrub
 log = logging.getLogger("connector")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Every command and its arguments. Imports the modules that define them, which must stay
+    light: this runs at every start of `run` (test_purity holds it to that)."""
     parser = argparse.ArgumentParser(
         prog="gotham-connector",
         description="Land Palantir Gotham's observation stream as Parquet, exactly once.",
@@ -59,17 +61,24 @@ def main(argv: list[str] | None = None) -> int:
     sqlshell.add_arguments(sql_parser)
 
     icebergsync.add_arguments(commands.add_parser("iceberg", help="the [iceberg] table"))
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.command == "schema":
         from connector.schema import schema_json
 
         sys.stdout.write(schema_json())
         return 0
     if args.command == "simulate":
+        from connector.simulator import cli as simulator_cli
+
         logs.setup()
         return simulator_cli.run(args)
     if args.command == "demo":
+        from connector import demo as demo_cmd
+
         return demo_cmd.run(args)
     try:
         cfg = load_config(args.config)
@@ -79,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "validate":
         return _validated(cfg, args.config, args.show)
     if args.command == "sql":
+        from connector import sqlshell
+
         return sqlshell.run(cfg, args)
     if args.command == "iceberg":
         return icebergsync.run(cfg, args)

@@ -10,7 +10,6 @@ import os
 import signal
 
 from connector.simulator.options import DROP_MODES, SimulatorOptions
-from connector.simulator.server import Simulator
 
 log = logging.getLogger("connector.simulator")
 
@@ -81,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(options: SimulatorOptions) -> None:
+    from connector.simulator.server import Simulator  # aiohttp: only when serving
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -160,12 +160,15 @@ def test_receiving_process_modules_load_on_demand_libraries_only_when_used(modul
 
 
 def test_importing_the_runner_loads_no_converter_library() -> None:
-    """The same, observed: a fresh interpreter that imports the runner (and so every module of
-    the receiving process) has not loaded pyarrow, fsspec, duckdb or aiohttp."""
+    """The same, observed: a fresh interpreter that imports the command line and the runner (and
+    so every module of the receiving process) has not loaded pyarrow, fsspec, duckdb or aiohttp
+    (the command line builds every command's arguments, the simulator's too)."""
     script = textwrap.dedent(
         f"""
         import sys
+        import connector.cli
         import connector.runner
+        connector.cli.build_parser()
         print(sorted({{m.split(".")[0] for m in sys.modules}} & set({sorted(HEAVY | ON_DEMAND)!r})))
         """
     )
