@@ -39,17 +39,24 @@ typedef struct {
 /* Buffers, in the order they are returned to Python. */
 enum {
     SRC_OFF, SRC_DATA, COL_OFF, COL_DATA, SPEC_OFF, SPEC_DATA, TRACK_OFF, TRACK_DATA,
-    TS_US, TS_STATE, TS_OFF, TS_DATA, NAME_OFF, NAME_DATA, NAME_STATE,
+    TS_US, NAME_OFF, NAME_DATA, NAME_STATE,
     LON, LAT, ELEV, ELEV_STATE,
     ST_LIST, ST_STATE, ST_KEY_OFF, ST_KEY_DATA, ST_VAL_OFF, ST_VAL_DATA,
     LV_LIST, LV_STATE, LV_KEY_OFF, LV_KEY_DATA, LV_VAL_OFF, LV_VAL_DATA,
     STYLE_OFF, STYLE_DATA, STYLE_STATE,
+    EXTRA_OFF, EXTRA_DATA, EXTRA_STATE,
     NBUF
 };
 
 typedef struct {
     Buf b[NBUF];
     int64_t rows;
+    /* Of the observation being read, what its `extra` keeps: a timestamp spelled otherwise
+     * than format_us writes it (its text, in the frame), an explicit null name. */
+    const unsigned char *stamp;
+    size_t stamp_n;
+    int null_name;
+    unsigned char stamp_text[32]; /* a timestamp spelled with escapes, decoded */
 } Out;
 
 typedef struct {
@@ -589,19 +596,43 @@ static int text_field(Cur *c, Out *o, int off) {
     return put_i32(&o->b[off], (int64_t)o->b[off + 1].len);
 }
 
-/* The timestamp as microseconds; its text is kept (TS_DATA) only when not canonical. */
+/* A timestamp spelled with escapes, decoded into o->stamp_text: every character of a timestamp
+ * is ASCII, so anything longer or not ASCII is not one (ODD). */
+static int decode_stamp(Out *o, const unsigned char **s, size_t *n) {
+    const unsigned char *p = *s, *end = *s + *n;
+    size_t len = 0;
+    while (p < end) {
+        unsigned ch = *p++;
+        if (ch == '\\') {
+            unsigned char e = *p++; /* string() checked every escape */
+            if (e == 'u') {
+                ch = hex4(p);
+                p += 4;
+            } else {
+                ch = e; /* '"', '\\' and '/' stand for themselves; b f n r t fail the shape */
+            }
+        }
+        if (ch >= 0x80 || len == sizeof o->stamp_text) return ODD;
+        o->stamp_text[len++] = (unsigned char)ch;
+    }
+    *s = o->stamp_text;
+    *n = len;
+    return OK;
+}
+
+/* The timestamp as microseconds. */
 static int timestamp_field(Cur *c, Out *o) {
-    Buf *data = &o->b[TS_DATA];
-    size_t start = data->len;
+    const unsigned char *s;
+    size_t n;
     int64_t us;
-    int canonical, r = text(c, data);
-    if (r != OK) return r;
-    if (!timestamp_us((const unsigned char *)data->p + start, data->len - start, &us, &canonical))
-        return ODD;
-    if (canonical) data->len = start;
-    if ((r = put(&o->b[TS_US], &us, 8)) || (r = put_u8(&o->b[TS_STATE], !canonical)))
-        return r;
-    return put_i32(&o->b[TS_OFF], (int64_t)data->len);
+    int canonical, plain, r;
+    ws(c);
+    if (peek(c) != '"') return ODD;
+    if ((r = string(c, &s, &n, &plain, 1)) != OK) return r;
+    if (!plain && decode_stamp(o, &s, &n) != OK) return ODD;
+    if (!timestamp_us(s, n, &us, &canonical)) return ODD;
+    if (!canonical) o->stamp = s, o->stamp_n = n;
+    return put(&o->b[TS_US], &us, 8);
 }
 
 static int field(Cur *c, Out *o, const unsigned char *k, size_t n, int *seen) {
@@ -635,7 +666,8 @@ static int field(Cur *c, Out *o, const unsigned char *k, size_t n, int *seen) {
         if (peek(c) == 'n') { /* an explicit null: kept apart from an absent name */
             if ((r = literal(c, "null", 4)) != OK) return r;
             if ((r = put_i32(&o->b[NAME_OFF], (int64_t)o->b[NAME_DATA].len))) return r;
-            return put_u8(&o->b[NAME_STATE], 2);
+            o->null_name = 1;
+            return put_u8(&o->b[NAME_STATE], 0);
         }
         if ((r = text_field(c, o, NAME_OFF)) != OK) return r;
         return put_u8(&o->b[NAME_STATE], 1);
@@ -671,10 +703,33 @@ static int absent(Out *o, int seen) {
     return OK;
 }
 
+#define PUT_LITERAL(b, text) put((b), (text), sizeof(text) - 1)
+
+/* `extra` as the general path writes it: a JSON object of what the columns cannot say, in its
+ * order (the timestamp's spelling, then an explicit null name); null when there is nothing. */
+static int extra(Out *o) {
+    Buf *data = &o->b[EXTRA_DATA];
+    int r = OK, any = o->stamp != NULL || o->null_name;
+    if (any) {
+        if ((r = PUT_LITERAL(data, "{"))) return r;
+        if (o->stamp != NULL &&
+            ((r = PUT_LITERAL(data, "\"timestamp\":\"")) || (r = put(data, o->stamp, o->stamp_n)) ||
+             (r = PUT_LITERAL(data, "\""))))
+            return r;
+        if (o->stamp != NULL && o->null_name && (r = PUT_LITERAL(data, ","))) return r;
+        if (o->null_name && (r = PUT_LITERAL(data, "\"name\":null"))) return r;
+        if ((r = PUT_LITERAL(data, "}"))) return r;
+    }
+    if ((r = put_i32(&o->b[EXTRA_OFF], (int64_t)data->len))) return r;
+    return put_u8(&o->b[EXTRA_STATE], (unsigned char)any);
+}
+
 static int observation(Cur *c, Out *o) {
     const unsigned char *k;
     size_t n;
     int r, seen = 0;
+    o->stamp = NULL;
+    o->null_name = 0;
     c->p++; /* '{' */
     ws(c);
     if (peek(c) == '}') return ODD;
@@ -691,7 +746,8 @@ static int observation(Cur *c, Out *o) {
         break;
     }
     if ((seen & F_REQUIRED) != F_REQUIRED) return ODD;
-    return absent(o, seen);
+    if ((r = absent(o, seen)) != OK) return r;
+    return extra(o);
 }
 
 static void rollback(Out *o, const size_t *mark) {
@@ -793,9 +849,9 @@ static PyObject *hand_over(Buf *b) {
 }
 
 static int start_offsets(Out *o) {
-    static const int offsets[] = {SRC_OFF, COL_OFF, SPEC_OFF, TRACK_OFF, TS_OFF, NAME_OFF,
-                                  ST_LIST, ST_KEY_OFF, ST_VAL_OFF, LV_LIST, LV_KEY_OFF,
-                                  LV_VAL_OFF, STYLE_OFF};
+    static const int offsets[] = {SRC_OFF,  COL_OFF,    SPEC_OFF,   TRACK_OFF, NAME_OFF,
+                                  ST_LIST,  ST_KEY_OFF, ST_VAL_OFF, LV_LIST,   LV_KEY_OFF,
+                                  LV_VAL_OFF, STYLE_OFF, EXTRA_OFF};
     for (size_t i = 0; i < sizeof offsets / sizeof offsets[0]; i++)
         if (put_i32(&o->b[offsets[i]], 0) != OK) return NOMEM;
     return OK;

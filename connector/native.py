@@ -30,9 +30,6 @@ _BUFFERS = [
     "track_off",
     "track_data",
     "ts_us",
-    "ts_state",
-    "ts_off",
-    "ts_data",
     "name_off",
     "name_data",
     "name_state",
@@ -55,6 +52,9 @@ _BUFFERS = [
     "style_off",
     "style_data",
     "style_state",
+    "extra_off",
+    "extra_data",
+    "extra_state",
 ]
 
 
@@ -63,10 +63,7 @@ class Scanned:
     rows: int
     counts: list[int]  # per frame: observations kept in the columns; -1: frame left whole
     odd: list[tuple[int, int, int, int]]  # (frame, index in frame, start, end) of the rest
-    columns: dict[str, pa.Array]  # observation columns
-    null_name: pa.Array | None  # true where the name was an explicit null (None: nowhere)
-    # `"timestamp":"<text>"` where the spelling is not the one format_us writes (None: nowhere)
-    kept_stamp: pa.Array | None
+    columns: dict[str, pa.Array]  # observation columns, `extra` included
 
 
 def scan(raws: Sequence[bytes]) -> Scanned:
@@ -100,7 +97,6 @@ def scan(raws: Sequence[bytes]) -> Scanned:
         mask = absent if pc.any(absent).as_py() else None
         return pa.MapArray.from_arrays(offsets, keys, values, mask=mask)
 
-    null = pc.equal(pa.Array.from_buffers(pa.uint8(), rows, [None, b["name_state"]]), 2)
     columns = {
         "source_system_id": text("src"),
         "collection_id": text("col"),
@@ -114,28 +110,19 @@ def scan(raws: Sequence[bytes]) -> Scanned:
         "static_properties": properties("st"),
         "live_properties": properties("lv"),
         "style": text("style", present("style_state")),
+        # Written by the scanner as the general path writes it; null in nearly every row.
+        "extra": text("extra", present("extra_state")),
     }
-    kept_stamp = None
-    noncanonical = pc.equal(pa.Array.from_buffers(pa.uint8(), rows, [None, b["ts_state"]]), 1)
-    if pc.any(noncanonical).as_py():  # rare: the scanner kept the text of these rows only
-        stamps = text("ts", noncanonical.buffers()[1])
-        kept_stamp = pc.binary_join_element_wise('"timestamp":"', stamps, '"', "")
-    return Scanned(rows, counts, odd, columns, null if pc.any(null).as_py() else None, kept_stamp)
+    return Scanned(rows, counts, odd, columns)
 
 
 def table(scanned: Scanned, frames: Sequence[tuple[FrameMeta, bytes]]) -> pa.Table:
     """The scanned rows as a table of SCHEMA."""
-    null_name = None
-    if scanned.null_name is not None:  # an explicit null name is kept in `extra`, after the stamp
-        null_name = pc.if_else(
-            scanned.null_name, pa.scalar('"name":null'), pa.scalar(None, pa.string())
-        )
     counts = [
         (meta, count) for (meta, _), count in zip(frames, scanned.counts, strict=True) if count > 0
     ]
     arrays = {
         **scanned.columns,
-        "extra": _extra(scanned.rows, scanned.kept_stamp, null_name),
         **_frame_columns(counts),
     }
     return pa.Table.from_arrays([arrays[f.name] for f in SCHEMA], schema=SCHEMA)
@@ -148,18 +135,6 @@ def to_general_path(
     for frame, spans in itertools.groupby(scanned.odd, key=lambda span: span[0]):
         meta, raw = frames[frame]
         slow.add_observations(meta, [(index, raw[start:end]) for _, index, start, end in spans])
-
-
-def _extra(n: int, *parts: pa.Array | None) -> pa.Array:
-    """`extra` as the general path writes it: a JSON object of the present parts, in order."""
-    present = [p for p in parts if p is not None]
-    if not present:
-        return pa.nulls(n, pa.string())
-    body = present[0]
-    for part in present[1:]:
-        # Both, else whichever is there (null_handling="skip" drops rows in pyarrow 26).
-        body = pc.coalesce(pc.binary_join_element_wise(body, part, ","), body, part)
-    return pc.binary_join_element_wise("{", body, "}", "")
 
 
 def _frame_columns(counts: list[tuple[FrameMeta, int]]) -> dict[str, pa.Array]:

@@ -57,8 +57,7 @@ def test_a_documented_frame_is_kept_whole_with_its_values() -> None:
     columns = {name: array.to_pylist() for name, array in scanned.columns.items()}
     assert columns["track_id"] == ["t0", "t1", "t2"]
     assert columns["name"] == ["n0", None, None]
-    assert scanned.null_name is not None
-    assert scanned.null_name.to_pylist() == [False, True, False]  # explicit null, not absent
+    assert columns["extra"] == [None, '{"name":null}', None]  # explicit null, not absent
     assert columns["longitude"] == [o["position"]["longitude"] for o in observations]
     assert columns["elevation"] == [12.5, 12.5, 12.5]
     assert columns["live_properties"] == [[("speed", "12.5")], [("speed", "12.5")], None]
@@ -191,16 +190,40 @@ def test_timestamps_are_read_as_the_standard_library_reads_them() -> None:
     scanned = native.scan([_frame(*(_obs(timestamp=s) for s in stamps))])
     assert scanned.counts == [len(stamps)]
     assert scanned.columns["timestamp"].to_pylist() == [_utc(s) for s in stamps]
-    assert scanned.kept_stamp is not None
-    assert scanned.kept_stamp.to_pylist() == [
-        f'"timestamp":"{s}"' if kept else None for s, kept in STAMPS
+    assert scanned.columns["extra"].to_pylist() == [
+        json.dumps({"timestamp": s}, separators=(",", ":")) if kept else None for s, kept in STAMPS
     ]
+
+
+def test_extra_holds_a_kept_spelling_then_an_explicit_null_name() -> None:
+    stamp = "2024-06-24T17:00:00.120Z"
+    scanned = native.scan([_frame(_obs(timestamp=stamp, name=None))])
+    [text] = scanned.columns["extra"].to_pylist()
+    assert list(json.loads(text).items()) == [("timestamp", stamp), ("name", None)]
+
+
+def test_a_timestamp_spelled_with_escapes_is_read_decoded() -> None:
+    raw = _frame(_obs(), _obs(trackId="b", timestamp="2024-06-24T17:00:00.120Z"))
+    raw = raw.replace(b'"2024-06-24T17', b'"\\u0032024-06-24T17').replace(b'0Z"', b'0\\u005a"')
+    decoded = [o["timestamp"] for o in json.loads(raw)["observations"]]
+    scanned = native.scan([raw])
+    assert scanned.counts == [2]
+    assert scanned.columns["timestamp"].to_pylist() == [_utc(s) for s in decoded]
+    kept = json.dumps({"timestamp": decoded[1]}, separators=(",", ":"))
+    assert scanned.columns["extra"].to_pylist() == [None, kept]  # the decoded spelling
+
+
+def test_an_escaped_character_a_timestamp_cannot_hold_leaves_the_observation_out() -> None:
+    raw = _frame(_obs()).replace(b'.123456Z"', b'.123456Z\\u00e9"')
+    scanned = native.scan([raw])
+    assert (scanned.counts, len(scanned.odd)) == ([0], 1)
 
 
 def test_canonical_timestamps_keep_no_text() -> None:
     stamps = [s for s, kept in STAMPS if not kept]
     scanned = native.scan([_frame(*(_obs(timestamp=s) for s in stamps))])
-    assert scanned.counts == [len(stamps)] and scanned.kept_stamp is None
+    assert scanned.counts == [len(stamps)]
+    assert scanned.columns["extra"].null_count == len(stamps)
 
 
 FRAMES_LEFT_WHOLE = {
