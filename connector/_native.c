@@ -34,6 +34,7 @@ typedef struct {
     PyObject *obj;
     char *p;
     size_t len, cap;
+    size_t first; /* capacity of the first allocation */
 } Buf;
 
 /* Buffers, in the order they are returned to Python. */
@@ -64,7 +65,7 @@ typedef struct {
 } Cur;
 
 static int grow(Buf *b, size_t extra) {
-    size_t cap = b->cap ? b->cap : 4096;
+    size_t cap = b->cap ? b->cap : b->first;
     while (cap < b->len + extra) {
         if (cap > ((size_t)1 << 40)) return NOMEM;
         cap *= 2;
@@ -101,6 +102,8 @@ static int put_i32(Buf *b, int64_t v) {
 static int put_u8(Buf *b, unsigned char v) { return put(b, &v, 1); }
 
 static inline void ws(Cur *c) {
+    /* Compact JSON has none: one compare says so (every whitespace byte is <= ' '). */
+    if (c->p < c->end && *c->p > ' ') return;
     while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r'))
         c->p++;
 }
@@ -871,7 +874,15 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "O", &frames)) return NULL;
     seq = PySequence_Fast(frames, "frames must be a sequence of bytes-like objects");
     if (seq == NULL) return NULL;
-    Py_ssize_t total = PySequence_Fast_GET_SIZE(seq);
+    Py_ssize_t total = PySequence_Fast_GET_SIZE(seq), bytes = 0;
+    for (Py_ssize_t i = 0; i < total; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        bytes += PyBytes_Check(item) ? PyBytes_GET_SIZE(item) : 0;
+    }
+    /* Sized from the input, so the big columns (8 bytes a row for times and coordinates, ~10
+     * for ids) rarely grow and copy: an observation is ~150-400 bytes of JSON. Untouched pages
+     * of a large allocation cost nothing, and the final resize returns the rest. */
+    for (int i = 0; i < NBUF; i++) o.b[i].first = bytes / 32 > 4096 ? (size_t)bytes / 32 : 4096;
     counts = PyList_New(total);
     odd = PyList_New(0);
     if (counts == NULL || odd == NULL || start_offsets(&o) != OK) goto fail;
