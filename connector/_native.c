@@ -842,6 +842,22 @@ static void release(Out *o) {
     for (int i = 0; i < NBUF; i++) Py_XDECREF(o->b[i].obj);
 }
 
+/* A presence buffer (a byte per row, 1: present) as Arrow's validity bitmap, or None when every
+ * row is present (Arrow then needs no bitmap). Here, not with Arrow kernels: an equal, an
+ * invert and an any per column and piece cost ~0.07 us per observation. */
+static PyObject *validity(const Buf *state, int64_t rows) {
+    const unsigned char *flags = (const unsigned char *)state->p;
+    int64_t present = 0;
+    for (int64_t i = 0; i < rows; i++) present += flags[i];
+    if (present == rows) Py_RETURN_NONE;
+    PyObject *obj = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)((rows + 7) / 8));
+    if (obj == NULL) return NULL;
+    unsigned char *bits = (unsigned char *)PyByteArray_AS_STRING(obj);
+    memset(bits, 0, (size_t)((rows + 7) / 8));
+    for (int64_t i = 0; i < rows; i++) bits[i >> 3] |= (unsigned char)(flags[i] << (i & 7));
+    return obj;
+}
+
 /* The buffer as a bytearray of its length; the caller owns it (NULL: an error is set). */
 static PyObject *hand_over(Buf *b) {
     PyObject *obj = b->obj;
@@ -864,7 +880,8 @@ PyDoc_STRVAR(scan_doc,
 "scan(frames) -> (rows, counts, odd, buffers)\n\n"
 "counts[i]: observations of frame i kept in the columns, or -1 when the frame is left to the\n"
 "Python paths whole. odd: (frame, index, start, end) of observations left to the general path.\n"
-"buffers: the column buffers as bytearrays, in the order connector.native names them.");
+"buffers: the column buffers as bytearrays, in the order connector.native names them; a\n"
+"presence column as Arrow's validity bitmap, or None when every row is present.");
 
 static PyObject *scan(PyObject *self, PyObject *args) {
     (void)self;
@@ -916,7 +933,9 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     buffers = PyTuple_New(NBUF);
     if (buffers == NULL) goto fail;
     for (int i = 0; i < NBUF; i++) {
-        PyObject *b = hand_over(&o.b[i]);
+        int state = i == NAME_STATE || i == ELEV_STATE || i == ST_STATE || i == LV_STATE ||
+                    i == STYLE_STATE || i == EXTRA_STATE;
+        PyObject *b = state ? validity(&o.b[i], o.rows) : hand_over(&o.b[i]);
         if (b == NULL) goto fail;
         PyTuple_SET_ITEM(buffers, i, b);
     }

@@ -32,29 +32,29 @@ _BUFFERS = [
     "ts_us",
     "name_off",
     "name_data",
-    "name_state",
+    "name_valid",
     "lon",
     "lat",
     "elev",
-    "elev_state",
+    "elev_valid",
     "st_list",
-    "st_state",
+    "st_valid",
     "st_key_off",
     "st_key_data",
     "st_val_off",
     "st_val_data",
     "lv_list",
-    "lv_state",
+    "lv_valid",
     "lv_key_off",
     "lv_key_data",
     "lv_val_off",
     "lv_val_data",
     "style_off",
     "style_data",
-    "style_state",
+    "style_valid",
     "extra_off",
     "extra_data",
-    "extra_state",
+    "extra_valid",
 ]
 
 
@@ -68,17 +68,15 @@ class Scanned:
 
 def scan(raws: Sequence[bytes]) -> Scanned:
     rows, counts, odd, buffers = _native.scan(raws)
-    b = dict(zip(_BUFFERS, map(pa.py_buffer, buffers), strict=True))
+    b = {
+        name: None if buffer is None else pa.py_buffer(buffer)
+        for name, buffer in zip(_BUFFERS, buffers, strict=True)
+    }
 
     def text(prefix: str, valid: pa.Buffer | None = None) -> pa.Array:
         return pa.Array.from_buffers(
             pa.string(), rows, [valid, b[f"{prefix}_off"], b[f"{prefix}_data"]]
         )
-
-    def present(state: str, value: int = 1) -> pa.Buffer | None:
-        flags = pa.Array.from_buffers(pa.uint8(), rows, [None, b[state]])
-        mask = pc.equal(flags, value)
-        return mask.buffers()[1] if pc.any(pc.invert(mask)).as_py() else None
 
     def floats(name: str, valid: pa.Buffer | None = None) -> pa.Array:
         return pa.Array.from_buffers(pa.float64(), rows, [valid, b[name]])
@@ -92,10 +90,11 @@ def scan(raws: Sequence[bytes]) -> Scanned:
         values = pa.Array.from_buffers(
             pa.string(), entries, [None, b[f"{prefix}_val_off"], b[f"{prefix}_val_data"]]
         )
-        flags = pa.Array.from_buffers(pa.uint8(), rows, [None, b[f"{prefix}_state"]])
-        absent = pc.equal(flags, 0)
-        mask = absent if pc.any(absent).as_py() else None
-        return pa.MapArray.from_arrays(offsets, keys, values, mask=mask)
+        valid = b[f"{prefix}_valid"]
+        absent = None
+        if valid is not None:  # MapArray takes a mask (true: null), not a validity bitmap
+            absent = pc.invert(pa.Array.from_buffers(pa.bool_(), rows, [None, valid]))
+        return pa.MapArray.from_arrays(offsets, keys, values, mask=absent)
 
     columns = {
         "source_system_id": text("src"),
@@ -105,13 +104,13 @@ def scan(raws: Sequence[bytes]) -> Scanned:
         "timestamp": pa.Array.from_buffers(UTC_US, rows, [None, b["ts_us"]]),
         "longitude": floats("lon"),
         "latitude": floats("lat"),
-        "elevation": floats("elev", present("elev_state")),
-        "name": text("name", present("name_state")),
+        "elevation": floats("elev", b["elev_valid"]),
+        "name": text("name", b["name_valid"]),
         "static_properties": properties("st"),
         "live_properties": properties("lv"),
-        "style": text("style", present("style_state")),
+        "style": text("style", b["style_valid"]),
         # Written by the scanner as the general path writes it; null in nearly every row.
-        "extra": text("extra", present("extra_state")),
+        "extra": text("extra", b["extra_valid"]),
     }
     return Scanned(rows, counts, odd, columns)
 
