@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 
 from connector.simulator.options import DROP_MODES, SimulatorOptions
 
@@ -49,7 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from(args: argparse.Namespace) -> SimulatorOptions:
+    """The options the arguments ask for; ValueError says what is wrong with them."""
     token = args.token or os.environ.get("GOTHAM_TOKEN") or "sim-token"
+    if args.client_id and not os.environ.get("GOTHAM_CLIENT_SECRET"):
+        raise ValueError("--client-id needs the client secret in $GOTHAM_CLIENT_SECRET")
     return SimulatorOptions(
         host=args.host,
         port=args.port,
@@ -73,8 +77,12 @@ def options_from(args: argparse.Namespace) -> SimulatorOptions:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until SIGINT or SIGTERM; 0 on a clean stop."""
-    options = options_from(args)
+    """Serve until SIGINT or SIGTERM; 0 on a clean stop, 2 for unusable arguments."""
+    try:
+        options = options_from(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     asyncio.run(_serve(options))
     return 0
 
