@@ -91,7 +91,10 @@ class Intake:
                 log.error("%s: dropping frames for %s and recording a gap", exc, sub)
                 self._on_state_change()
             return False
-        self.last_frame_us = at
+        if meta.origin == "stream":
+            # Evidence the stream was alive then; backfill's records are not (they are spooled
+            # when fetched, and would move a restart's gap past stream time never received).
+            self.last_frame_us = at
         if self._fsync_seconds == 0:
             self._sync_wanted.set()
         self._account(seq, rows, len(payload))

@@ -103,7 +103,7 @@ class Recovered:
     tail_first: int  # the first seq not covered by a recorded cut (see `tail()`)
     tail_records: int
     torn_bytes: int
-    last_received_us: int  # newest receive time on record: where a crash's gap begins
+    last_received_us: int  # newest stream frame's receive time: where a crash's gap begins
 
 
 class Spool:
@@ -138,7 +138,7 @@ class Spool:
                 good_end = end
                 self._note(seg, record.kind, record.seq, offset)
                 max_seq = max(max_seq, record.seq)
-                if record.kind == DATA:
+                if record.kind == DATA and record.meta.origin == "stream":
                     last_received = max(last_received, record.received_at_us)
                 if record.seq <= committed_seq:
                     continue

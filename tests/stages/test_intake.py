@@ -191,6 +191,27 @@ async def test_the_seconds_limit_holds_when_the_timer_was_idle(tmp_path: Path, r
 
 
 # -- recovery -----------------------------------------------------------------------------------
+async def test_backfilled_records_do_not_move_where_a_restart_gap_begins(
+    tmp_path: Path, rigs: Rigs
+) -> None:
+    """A restart's gap begins at the last frame the stream delivered. Backfill spools its rows
+    when it fetches them, later: counting those would start the gap after stream time that was
+    never received, and backfill would never look there."""
+    first = rigs(tmp_path, max_rows=100)
+    first.data("air", T0)
+    first.data("air", T0 + SECOND)
+    backfilled = RecordMeta(sub="air", origin="backfill", n=5)
+    assert first.intake.frame(DATA, backfilled, b"x" * 40, 5, T0 + 60 * SECOND, None)
+    await first.intake.sync()
+    assert first.intake.synced_frame_us == T0 + SECOND  # what the checkpoint's last_seen takes
+    first.intake.close()
+
+    second = rigs(tmp_path, committed=None, max_rows=100)
+    recovered = second.intake.recover(0)
+    assert recovered.tail_records == 3  # the backfilled record is replayed like any other
+    assert recovered.last_received_us == T0 + SECOND
+
+
 def test_recover_hands_on_recorded_cuts_then_recuts_the_tail_exactly(
     tmp_path: Path, rigs: Rigs
 ) -> None:
