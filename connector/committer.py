@@ -170,6 +170,12 @@ class Committer:
         self._saves += 1
         await asyncio.to_thread(self._write, self._saves, self._store.encode(self.cp))
 
+    def save_now(self) -> None:
+        """Write a snapshot before returning, on the caller's thread (the event loop waits for
+        one fsync): for state that must be on disk before the next frame is spooled."""
+        self._saves += 1
+        self._write(self._saves, self._store.encode(self.cp))
+
     def _write(self, number: int, data: bytes) -> None:
         with self._write_lock:
             if number < self._written:

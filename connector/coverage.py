@@ -24,11 +24,13 @@ class Coverage:
         intake: Intake,
         save: Callable[[], None],
         metrics: Metrics | None = None,
+        save_now: Callable[[], None] | None = None,
     ) -> None:
         self.gaps = gaps
         self._metrics = metrics or Metrics()
         self._intake = intake
         self._save = save  # schedules a checkpoint save (gap state is part of it)
+        self._save_now = save_now or save  # writes one before returning
         self.hooks: list[Callable[[Gap], None]] = []  # called on each gap (backfill)
         self.gap_count = 0
 
@@ -66,8 +68,11 @@ class Coverage:
         )
         if self.hooks:
             # Kept in the checkpoint until healed: a kill mid-backfill retries it on the next start.
+            # Saved before returning, not soon: the stream's next frames are spooled right after,
+            # and a kill before a later save would restart with the gap beginning after them,
+            # the ledger saying the gap was recorded and nothing ever healing it.
             self.gaps.add_pending(gap)
-            self._save()
+            self._save_now()
         self._notify(gap)
 
     def _notify(self, gap: Gap) -> None:

@@ -82,7 +82,9 @@ class Runner:
         self.intake = Intake(
             spool, cfg.batch, cfg.state.fsync_seconds, self.gaps, self._gap, self._save_soon
         )
-        self.coverage = Coverage(self.gaps, self.intake, self._save_soon, self.metrics)
+        self.coverage = Coverage(
+            self.gaps, self.intake, self._save_soon, self.metrics, save_now=self._save_now
+        )
         sink = SinkSpec(
             cfg.sink.url, dict(cfg.sink.storage_options), max_attempts=cfg.sink.max_attempts
         )
@@ -311,6 +313,9 @@ class Runner:
 
     def _save_soon(self) -> None:
         self.watch(self.committer.save(), "checkpoint")
+
+    def _save_now(self) -> None:
+        self.committer.save_now()
 
     async def reload(self, cfg: Config) -> None:
         """Apply a new subscription list on the open socket, without reconnecting."""

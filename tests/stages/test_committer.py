@@ -408,6 +408,13 @@ async def test_a_replay_after_a_crash_before_the_checkpoint_rewrites_the_same_fi
 
 
 # -- checkpoint snapshots -------------------------------------------------------------------------
+async def test_save_now_is_on_disk_when_it_returns(lines: LineFactory) -> None:
+    line = lines(watch_spool=False)
+    line.cp.committed_seq = 7
+    line.committer.save_now()  # no await: nothing else runs before the next statement
+    assert CheckpointStore(line.store.dir).load(None).committed_seq == 7
+
+
 async def test_save_never_lets_an_older_snapshot_overwrite_a_newer_one(
     lines: LineFactory,
 ) -> None:

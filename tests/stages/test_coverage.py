@@ -98,6 +98,25 @@ def test_subscribed_after_a_disconnect_records_the_gap_and_queues_it_for_backfil
     assert w.coverage.gap_count == 1
 
 
+def test_a_recorded_gap_is_saved_before_the_call_returns(tmp_path: Path, rigs: Rigs) -> None:
+    """Not soon: the stream's next frames are spooled right after the reply that closes the gap,
+    and a kill before a later save would restart with the gap beginning after them."""
+    gaps = Gaps({})
+    rig = rigs(tmp_path, gaps=gaps)
+    saved_now: list[list[tuple[int, int]]] = []
+    coverage = Coverage(
+        gaps,
+        rig.intake,
+        lambda: None,
+        save_now=lambda: saved_now.append(list(gaps.states["air"].pending_gaps)),
+    )
+    coverage.hooks.append(lambda gap: None)
+    coverage.subscribed("air", "S1", T0)
+    coverage.stream_lost(["air"], T0 + 5 * SECOND)
+    coverage.subscribed("air", "S2", T0 + 9 * SECOND)
+    assert saved_now == [[(T0 + 5 * SECOND, T0 + 9 * SECOND)]]
+
+
 def test_without_a_backfill_hook_a_gap_is_recorded_but_not_kept_pending(
     tmp_path: Path, rigs: Rigs
 ) -> None:
