@@ -165,6 +165,10 @@ class Sink:
             NotADirectoryError,
         ) as exc:
             raise SinkError(f"sink {self.url}: {type(exc).__name__}: {exc}") from exc
+        except TypeError as exc:
+            # A storage option the library does not take (a misspelt key) fails the first
+            # request like this, and every later one: retrying forever would hide it.
+            raise SinkError(f"sink.storage_options for {self.url}: {exc}") from exc
         except Exception as exc:  # OSError, and botocore/aiohttp errors fsspec does not translate
             code = _error_code(exc)
             if code in _TERMINAL_CODES:

@@ -189,6 +189,21 @@ def test_missing_bucket_is_terminal_and_named(
     assert retry_warnings(caplog) == []  # terminal: not retried
 
 
+def test_a_storage_option_the_library_does_not_take_is_terminal_and_named(
+    moto_s3: MotoS3, caplog: pytest.LogCaptureFixture
+) -> None:
+    """s3fs accepts any keyword when the sink is made and fails on the first request."""
+    options = moto_s3.options(endpoint_ulr=moto_s3.endpoint_url)  # misspelt
+    sink = Sink("s3://lake/x", options, **FAST)
+    with (
+        caplog.at_level(logging.WARNING, logger="connector.sink"),
+        pytest.raises(SinkError, match=r"sink\.storage_options.*endpoint_ulr") as info,
+    ):
+        sink.check()
+    assert not isinstance(info.value, TransientSinkError) and info.value.exit_code == 4
+    assert retry_warnings(caplog) == []
+
+
 def test_local_root_under_a_regular_file_is_terminal(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
