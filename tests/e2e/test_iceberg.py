@@ -113,6 +113,14 @@ def _newest_commit(root: Path) -> int:
     return max(_cuts(root), default=0)
 
 
+def _checkpoint_in_own_segment(state: Path) -> bool:
+    """Only this run's spool segment is left, and the checkpoint is at or past its first seq: every
+    record after the checkpoint is in a segment that stays (the current one is never deleted)."""
+    segments = sorted(int(p.stem) for p in (state / "spool").glob("*.seg"))
+    committed = json.loads((state / "checkpoint.json").read_text())["committed_seq"]
+    return len(segments) == 1 and committed >= segments[0] - 1
+
+
 def _end(proc: Any) -> str:
     """A killed process's log (stderr)."""
     _, err = proc.communicate(timeout=10)
@@ -135,7 +143,11 @@ def test_kills_and_a_lagging_checkpoint_commit_every_cut_once(
             # What a kill between commits and their checkpoint save leaves: the checkpoint
             # of a moment ago. Taken once this run has committed the previous run's tail and
             # more: the spool still holds every record after it (this run's own segment).
+            # The checkpoint itself must be past the older segments, not only the table (a cut
+            # is committed to it before the checkpoint is saved): a copy taken in between
+            # would point into a segment the run deletes right after.
             wait_for(lambda n=started: len(_cuts(deployment.root)) >= n + 3, timeout=20)
+            wait_for(lambda: _checkpoint_in_own_segment(deployment.state), timeout=20)
             shutil.copy(deployment.state / "checkpoint.json", saved)
             behind = json.loads(saved.read_text())["committed_seq"]
             wait_for(lambda b=behind: _newest_commit(deployment.root) > b, timeout=20)
